@@ -1,0 +1,97 @@
+"""`ChatBridgeApp`: the jupyter-server extension, its configuration and wiring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Float, Int, Type
+
+from .agents import Agent, EchoAgent
+from .bridge import BridgeLimits, ChatBridge
+from .clock import LoopScheduler
+from .handlers import default_handlers
+from .handlers.events import FlushBatcher, Heartbeat
+
+
+class ChatBridgeApp(ExtensionApp):
+    """Chat and agent sessions over resumable streams, for notebooks, Lab and scripts."""
+
+    name = "jupyter_chatbridge"
+    load_other_extensions = True
+
+    inactive_ttl = Float(
+        60.0,
+        help="Seconds a stable connection's state is kept after its stream closes, "
+        "waiting for the client to reconnect.",
+    ).tag(config=True)
+    heartbeat_interval = Float(
+        15.0, help="Seconds between keep-alive comments on idle event streams (0 disables)."
+    ).tag(config=True)
+    replay_buffer_size = Int(
+        1000, help="Frames kept per connection for Last-Event-ID resume."
+    ).tag(config=True)
+    max_message_bytes = Int(65536, help="Largest accepted message text, in UTF-8 bytes.").tag(
+        config=True
+    )
+    max_pending_inputs = Int(
+        100, help="Messages a session may hold waiting for the agent before sends get 429."
+    ).tag(config=True)
+    max_session_events = Int(
+        10000, help="Events kept per session; the oldest are trimmed from history."
+    ).tag(config=True)
+    max_receipts_per_session = Int(
+        10000, help="Send receipts kept per session for clientMsgId dedup."
+    ).tag(config=True)
+    max_sessions = Int(1000, help="Sessions the server holds at once.").tag(config=True)
+    max_watches_per_connection = Int(100, help="Sessions one connection may watch.").tag(
+        config=True
+    )
+    max_connections_per_user = Int(
+        200, help="Connections (open or waiting for reconnect) one user may hold."
+    ).tag(config=True)
+    agent_class = Type(
+        default_value=EchoAgent,
+        klass=Agent,
+        help="The agent that answers user messages; one instance per session.",
+    ).tag(config=True)
+
+    bridge: ChatBridge
+
+    def initialize_settings(self) -> None:
+        """Build the bridge from the configuration and share it with the handlers."""
+        limits = BridgeLimits(
+            inactive_ttl=self.inactive_ttl,
+            replay_buffer_size=self.replay_buffer_size,
+            max_message_bytes=self.max_message_bytes,
+            max_pending_inputs=self.max_pending_inputs,
+            max_session_events=self.max_session_events,
+            max_receipts_per_session=self.max_receipts_per_session,
+            max_sessions=self.max_sessions,
+            max_watches_per_connection=self.max_watches_per_connection,
+            max_connections_per_user=self.max_connections_per_user,
+        )
+        self.bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log)
+        self.heartbeat = Heartbeat(self.bridge, self.heartbeat_interval)
+        self.settings.update(
+            {
+                "chatbridge": self.bridge,
+                "chatbridge_flusher": FlushBatcher(),
+                "chatbridge_heartbeat": self.heartbeat,
+            }
+        )
+
+    def initialize_handlers(self) -> None:
+        """Register the REST, stream and socket handlers under base_url."""
+        self.handlers.extend(default_handlers())
+
+    async def stop_extension(self) -> None:
+        """Stop agent runs and end every stream when the server stops."""
+        self.heartbeat.stop()
+        await self.bridge.shutdown()
+
+    def _make_agent(self, session_id: str) -> Agent:
+        agent: Agent = self.agent_class(parent=self, session_id=session_id, log=self.log)
+        return agent
+
+

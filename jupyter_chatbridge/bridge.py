@@ -1,0 +1,477 @@
+"""`ChatBridge`: the one object that owns all server-side state and runs the agents.
+
+Handlers are thin glue around it. It never touches a socket: streams and
+session sockets are handed in as small objects (`FrameSink`, `SessionSocket`)
+it writes bytes or text to. Every state change is synchronous, so no two
+requests can interleave inside one operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .agents import Agent, UserMessage
+from .clock import Scheduler
+from .protocol import (
+    PROTOCOL_VERSION,
+    CloseCode,
+    DetachReason,
+    ErrorCode,
+    EventType,
+    client_id,
+    dumps,
+    sse_payload,
+)
+from .state import (
+    CidOwnedElsewhere,
+    Connection,
+    ConnectionRegistry,
+    LoggedEvent,
+    ReplayResult,
+    SendReceipt,
+    Session,
+    SessionExists,
+    SessionRegistry,
+    StreamRegistry,
+)
+from .state.sessions import PendingInput
+
+
+class FrameSink(Protocol):
+    """A live event stream (the SSE response) as the bridge sees it."""
+
+    def send(self, frame_id: int | None, payload: bytes) -> None:
+        """Queue one frame; `frame_id` None for frames without an id (welcome, ping)."""
+
+    def close(self) -> None:
+        """End the stream (it was replaced by a newer one, or the server stops)."""
+
+
+class SessionSocket(Protocol):
+    """A WebSocket bound to one session."""
+
+    def send_event(self, data: str) -> None:
+        """Send one session event (one-line JSON) as a text frame."""
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the socket with an application close code."""
+
+
+@dataclass
+class BridgeLimits:
+    """Every tunable the bridge enforces; `ChatBridgeApp` fills it from traitlets."""
+
+    inactive_ttl: float = 60.0
+    replay_buffer_size: int = 1000
+    max_message_bytes: int = 65536
+    max_pending_inputs: int = 100
+    max_session_events: int = 10000
+    max_receipts_per_session: int = 10000
+    max_sessions: int = 1000
+    max_watches_per_connection: int = 100
+    max_connections_per_user: int = 200
+    busy_retry_after: int = 1
+
+
+class BridgeError(Exception):
+    """A refusal with the contract's status and error code."""
+
+    def __init__(
+        self, status: int, code: ErrorCode, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body of the contract."""
+        return {"error": self.message, "code": self.code.value}
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The answer to a send: its receipt, and whether it repeated an earlier one."""
+
+    receipt: SendReceipt
+    duplicate: bool
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "accepted": True,
+            "sessionId": self.receipt.session_id,
+            "clientMsgId": self.receipt.client_msg_id,
+            "seq": self.receipt.seq,
+            "duplicate": self.duplicate,
+        }
+
+
+AgentFactory = Callable[[str], Agent]
+
+
+class ChatBridge:
+    """Connections, streams, sessions and agent runs of one server."""
+
+    def __init__(
+        self,
+        limits: BridgeLimits,
+        scheduler: Scheduler,
+        agent_factory: AgentFactory,
+        log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.scheduler = scheduler
+        self.epoch = uuid.uuid4().hex[:16]
+        self.log = log or logging.getLogger(__name__)
+        self._agent_factory = agent_factory
+        self.connections = ConnectionRegistry(
+            scheduler,
+            inactive_ttl=limits.inactive_ttl,
+            replay_buffer_size=limits.replay_buffer_size,
+            on_expired=self._on_connection_expired,
+        )
+        self.streams: StreamRegistry[FrameSink] = StreamRegistry()
+        self.sessions = SessionRegistry(
+            max_events=limits.max_session_events, max_receipts=limits.max_receipts_per_session
+        )
+        self._sockets: dict[str, set[SessionSocket]] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+
+    # -- event streams ------------------------------------------------------------
+
+    def open_stream(
+        self, cid: str | None, owner: str, last_event_id: int | None, stream: FrameSink
+    ) -> dict[str, Any]:
+        """Attach a new stream to its connection, send the welcome and any replay.
+
+        `cid` must be normalised (or None for a server-assigned id). Returns the welcome.
+        """
+        known = cid is not None and self.connections.get(cid) is not None
+        if not known and self.connections.count_owned_by(owner) >= self.limits.max_connections_per_user:
+            raise BridgeError(
+                429,
+                ErrorCode.BUSY,
+                f"too many connections for this user (limit {self.limits.max_connections_per_user})",
+                retry_after=int(self.limits.inactive_ttl) or 1,
+            )
+        try:
+            connection, resumed = self.connections.open(cid, owner)
+        except CidOwnedElsewhere:
+            self.log.warning("chatbridge: refused a cid registered by another user")
+            raise BridgeError(
+                403, ErrorCode.FORBIDDEN, "this connection id belongs to another user"
+            ) from None
+        displaced = self.streams.replace(connection.id, stream)
+        if displaced is not None:
+            # Its close handler will run later and find it is no longer current.
+            displaced.close()
+        if resumed and last_event_id is not None:
+            replay = connection.replay.since(last_event_id)
+        else:
+            # A connection we don't hold cannot replay what the client asks for.
+            replay = ReplayResult([], bool(last_event_id))
+        welcome = {
+            "connectionId": connection.id,
+            "stable": connection.stable,
+            "resumed": resumed,
+            "replayed": len(replay.frames),
+            "gap": replay.gap,
+            "epoch": self.epoch,
+            "protocol": PROTOCOL_VERSION,
+        }
+        stream.send(None, sse_payload(EventType.WELCOME, dumps(welcome)))
+        for frame in replay.frames:
+            stream.send(frame.frame_id, frame.payload)
+        if resumed:
+            self.log.info(
+                "chatbridge: %s reconnected (replayed %d frames%s)",
+                connection.id,
+                len(replay.frames),
+                ", gap" if replay.gap else "",
+            )
+        return welcome
+
+    def close_stream(self, connection_id: str, stream: FrameSink) -> None:
+        """A stream ended. Only the connection's current stream may deactivate it."""
+        if self.streams.remove_if_current(connection_id, stream):
+            self.connections.deactivate(connection_id)
+
+    def ping_streams(self, payload: bytes) -> None:
+        """Write a keep-alive comment to every live stream."""
+        for stream in self.streams:
+            stream.send(None, payload)
+
+    def _on_connection_expired(self, connection: Connection) -> None:
+        detached = self.sessions.release_connection(connection.id)
+        if connection.stable:
+            self.log.info(
+                "chatbridge: %s expired after %ss inactive; detached %s",
+                connection.id,
+                self.limits.inactive_ttl,
+                [s.id for s in detached] or "nothing",
+            )
+
+    # -- connection lookup ----------------------------------------------------------
+
+    def connection_for(self, connection_id: str | None, owner: str) -> Connection:
+        """The caller's connection, which must exist and belong to the caller."""
+        connection = self.connections.get(connection_id) if connection_id else None
+        if connection is None:
+            raise BridgeError(
+                404,
+                ErrorCode.CONNECTION_UNKNOWN,
+                "unknown connection: open the event stream and use its connectionId",
+            )
+        if connection.owner != owner:
+            raise BridgeError(403, ErrorCode.FORBIDDEN, "that connection belongs to another user")
+        return connection
+
+    # -- sessions -----------------------------------------------------------------
+
+    def session(self, session_id: str) -> Session:
+        """The session, or a 404 `session_unknown`."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise BridgeError(
+                404, ErrorCode.SESSION_UNKNOWN, f"session {session_id!r} does not exist"
+            )
+        return session
+
+    def create_session(self, session_id: str | None) -> Session:
+        """Create a session (with a generated id when none is given)."""
+        if len(self.sessions) >= self.limits.max_sessions:
+            raise BridgeError(
+                429, ErrorCode.BUSY, f"too many sessions (limit {self.limits.max_sessions})"
+            )
+        try:
+            return self.sessions.create(session_id or f"s-{uuid.uuid4().hex[:12]}", self.scheduler.now())
+        except SessionExists:
+            raise BridgeError(
+                409, ErrorCode.SESSION_EXISTS, f"session {session_id!r} already exists"
+            ) from None
+
+    def delete_session(self, session_id: str) -> None:
+        """End a session: stop its agent, tell watchers and driver, close its sockets."""
+        session = self.session(session_id)
+        runner = self._runners.pop(session_id, None)
+        if runner is not None:
+            runner.cancel()
+        self._publish(session, EventType.SESSION_ENDED, {})
+        if session.driver is not None:
+            self._notify_detached(session.driver, session.id, DetachReason.SESSION_ENDED)
+        self.sessions.delete(session_id)
+        for socket in self._sockets.pop(session_id, set()):
+            socket.end(CloseCode.SESSION_UNKNOWN, "session ended")
+        if session.agent is not None:
+            self._spawn(session.agent.close())
+
+    def history(self, session_id: str, after: int, limit: int | None) -> tuple[list[LoggedEvent], int]:
+        """Events with seq > `after` (at most `limit`) and the session's last seq."""
+        session = self.session(session_id)
+        return session.log.after(after, limit), session.log.last_seq
+
+    # -- watching and driving -----------------------------------------------------------
+
+    def watch(self, connection: Connection, session_id: str, after_seq: int | None) -> int:
+        """Deliver the session's events to `connection`: those after `after_seq` first, then live."""
+        session = self.session(session_id)
+        watched = self.sessions.watched_by(connection.id)
+        if session_id not in watched and len(watched) >= self.limits.max_watches_per_connection:
+            raise BridgeError(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"a connection may watch at most {self.limits.max_watches_per_connection} sessions",
+            )
+        if after_seq is not None:
+            # Synchronous with the registration below: no live event can slip in between.
+            for event in session.log.after(after_seq):
+                self._deliver(connection, sse_payload(event.type, event.data))
+        self.sessions.watch(session, connection.id)
+        return session.log.last_seq
+
+    def unwatch(self, connection: Connection, session_id: str) -> None:
+        """Stop delivering a session's events to `connection`."""
+        self.sessions.unwatch(self.session(session_id), connection.id)
+
+    def attach(self, connection: Connection, session_id: str) -> str:
+        """Make `connection` the session's driver; the previous one is told it was taken over."""
+        session = self.session(session_id)
+        previous = self.sessions.attach(session, connection.id)
+        if previous is not None:
+            self._notify_detached(previous, session_id, DetachReason.TAKEN_OVER)
+        return client_id(connection.id, session_id)
+
+    def detach(self, connection: Connection, session_id: str) -> None:
+        """Stop driving; a connection that is not the driver changes nothing."""
+        self.sessions.detach(self.session(session_id), connection.id)
+
+    def suspend(self, connection: Connection, session_id: str) -> None:
+        """Keep the driver role through this connection's expiry (page unload)."""
+        self.sessions.suspend(self.session(session_id), connection.id)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(
+        self, session_id: str, client_msg_id: str, text: str, connection_id: str | None
+    ) -> SendResult:
+        """Accept a user message once per clientMsgId, in order, and queue it for the agent."""
+        session = self.session(session_id)
+        if len(text.encode("utf-8")) > self.limits.max_message_bytes:
+            raise BridgeError(
+                413,
+                ErrorCode.TOO_LARGE,
+                f"message text is over {self.limits.max_message_bytes} bytes",
+            )
+        receipt = session.log.receipt(client_msg_id)
+        if receipt is not None:
+            return SendResult(receipt, duplicate=True)
+        if len(session.pending) >= self.limits.max_pending_inputs:
+            raise BridgeError(
+                429,
+                ErrorCode.BUSY,
+                f"session {session_id!r} has {len(session.pending)} messages waiting; retry later",
+                retry_after=self.limits.busy_retry_after,
+            )
+        if connection_id is not None and self.connections.get(connection_id) is None:
+            connection_id = None
+        event = self._publish(
+            session,
+            EventType.USER_MESSAGE,
+            {"clientMsgId": client_msg_id, "text": text, "connectionId": connection_id},
+        )
+        receipt = SendReceipt(session_id, client_msg_id, event.seq)
+        session.log.remember(receipt)
+        session.pending.append(PendingInput(event.seq, client_msg_id, text, connection_id))
+        self._ensure_runner(session)
+        return SendResult(receipt, duplicate=False)
+
+    # -- session sockets -------------------------------------------------------------------
+
+    def add_socket(self, session_id: str, socket: SessionSocket, after_seq: int | None) -> None:
+        """Bind a WebSocket to a session: replay after `after_seq`, then live events."""
+        session = self.session(session_id)
+        if after_seq is not None:
+            for event in session.log.after(after_seq):
+                socket.send_event(event.data)
+        self._sockets.setdefault(session_id, set()).add(socket)
+
+    def remove_socket(self, session_id: str, socket: SessionSocket) -> None:
+        """Forget a closed WebSocket."""
+        sockets = self._sockets.get(session_id)
+        if sockets is not None:
+            sockets.discard(socket)
+            if not sockets:
+                del self._sockets[session_id]
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop every agent run and end every stream and socket."""
+        runners = list(self._runners.values())
+        self._runners.clear()
+        for task in runners:
+            task.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        for stream in self.streams:
+            stream.close()
+        for sockets in list(self._sockets.values()):
+            for socket in list(sockets):
+                socket.end(CloseCode.GOING_AWAY, "server stopping")
+        self._sockets.clear()
+        agents = [s.agent for s in self.sessions if s.agent is not None]
+        await asyncio.gather(*(a.close() for a in agents), return_exceptions=True)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _publish(self, session: Session, event_type: str, fields: dict[str, Any]) -> LoggedEvent:
+        """Log a session event and fan it out: serialised once, shared by every receiver."""
+        event = session.log.append(event_type, fields)
+        if session.watchers:
+            payload = sse_payload(event.type, event.data)
+            get = self.connections.get
+            for connection_id in session.watchers:
+                connection = get(connection_id)
+                if connection is not None:
+                    self._deliver(connection, payload)
+        sockets = self._sockets.get(session.id)
+        if sockets:
+            for socket in sockets:
+                socket.send_event(event.data)
+        return event
+
+    def _deliver(self, connection: Connection, payload: bytes) -> None:
+        # Frames get an id and a replay slot even while the connection has no
+        # stream, so a reconnect within the TTL replays them.
+        frame_id = connection.next_frame_id()
+        connection.replay.append(frame_id, payload)
+        stream = self.streams.get(connection.id)
+        if stream is not None:
+            stream.send(frame_id, payload)
+
+    def _notify_detached(self, connection_id: str, session_id: str, reason: str) -> None:
+        connection = self.connections.get(connection_id)
+        if connection is not None:
+            data = dumps({"sessionId": session_id, "reason": reason})
+            self._deliver(connection, sse_payload(EventType.DETACHED, data))
+
+    def _ensure_runner(self, session: Session) -> None:
+        if session.id not in self._runners:
+            self._runners[session.id] = asyncio.get_running_loop().create_task(
+                self._run_agent(session)
+            )
+
+    async def _run_agent(self, session: Session) -> None:
+        """Answer the session's queued messages one at a time, in seq order."""
+        try:
+            while session.pending:
+                message = session.pending.popleft()
+                session.running = True
+                await self._answer(session, message)
+        finally:
+            session.running = False
+            # No await since the loop's last check of `pending`, so a send cannot
+            # have queued input that this runner would strand.
+            if self._runners.get(session.id) is asyncio.current_task():
+                del self._runners[session.id]
+
+    async def _answer(self, session: Session, message: PendingInput) -> None:
+        message_id = f"m{message.seq}"
+        self._publish(
+            session, EventType.MESSAGE_START, {"messageId": message_id, "replyTo": message.seq}
+        )
+        try:
+            if session.agent is None:
+                session.agent = self._agent_factory(session.id)
+            user_message = UserMessage(
+                session.id, message.seq, message.client_msg_id, message.text, message.connection_id
+            )
+            async for chunk in session.agent.reply(user_message):
+                if chunk:
+                    self._publish(
+                        session, EventType.BLOCK_DELTA, {"messageId": message_id, "text": chunk}
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.exception("chatbridge: agent failed in session %s", session.id)
+            self._publish(
+                session,
+                EventType.ERROR,
+                {"message": f"agent failed: {exc}", "messageId": message_id},
+            )
+        self._publish(session, EventType.MESSAGE_END, {"messageId": message_id})
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())

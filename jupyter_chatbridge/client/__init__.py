@@ -1,0 +1,1 @@
+"""The Python client (no jupyter_server import)."""

@@ -1,0 +1,32 @@
+"""Tornado handlers: thin glue between HTTP and `ChatBridge`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import (
+    ConnectionActionHandler,
+    SendHandler,
+    SessionHandler,
+    SessionHistoryHandler,
+    SessionsHandler,
+)
+from .events import EventStreamHandler
+
+SESSION_ID = r"(?P<session_id>[^/]+)"
+
+
+def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
+    """URL patterns relative to base_url (ExtensionApp prepends it)."""
+    return [
+        ("chatbridge/api/events", EventStreamHandler, {}),
+        ("chatbridge/api/sessions", SessionsHandler, {}),
+        (f"chatbridge/api/sessions/{SESSION_ID}", SessionHandler, {}),
+        (f"chatbridge/api/sessions/{SESSION_ID}/events", SessionHistoryHandler, {}),
+        (
+            r"chatbridge/api/(?P<action>watch|unwatch|attach|detach|suspend)",
+            ConnectionActionHandler,
+            {},
+        ),
+        ("chatbridge/api/send", SendHandler, {}),
+    ]

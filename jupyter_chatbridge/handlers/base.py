@@ -1,0 +1,123 @@
+"""What every chatbridge handler shares: auth resource, the bridge, contract-shaped errors."""
+
+from __future__ import annotations
+
+import json
+from http.client import responses
+from typing import Any
+
+from jupyter_server.auth.identity import (
+    IdentityProvider,
+    LegacyIdentityProvider,
+    PasswordIdentityProvider,
+)
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..bridge import BridgeError, ChatBridge
+from ..protocol import ErrorCode, dumps, is_valid_session_id
+
+AUTH_RESOURCE = "chatbridge"
+
+# jupyter_server's own providers serve one user and name every token request a
+# fresh random anonymous user, so their usernames identify nobody.
+_SINGLE_USER_PROVIDERS = (IdentityProvider, PasswordIdentityProvider, LegacyIdentityProvider)
+SINGLE_USER_OWNER = "*"
+
+# HTTP errors raised by jupyter_server or tornado themselves, in the contract's codes.
+_STATUS_CODES = {
+    400: ErrorCode.BAD_REQUEST,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.SESSION_UNKNOWN,
+    405: ErrorCode.BAD_REQUEST,
+    413: ErrorCode.TOO_LARGE,
+    429: ErrorCode.BUSY,
+}
+
+
+def bad_request(message: str) -> BridgeError:
+    """A 400 `bad_request` refusal."""
+    return BridgeError(400, ErrorCode.BAD_REQUEST, message)
+
+
+class ChatBridgeHandler(APIHandler):
+    """Base of every REST and stream handler of the extension."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def bridge(self) -> ChatBridge:
+        """The server's bridge (see `ChatBridgeApp.initialize_settings`)."""
+        return self.settings["chatbridge"]  # type: ignore[no-any-return]
+
+    @property
+    def owner(self) -> str:
+        """The identity a connection is bound to.
+
+        Under a provider that names users (JupyterHub, a custom one) it is the
+        username; under jupyter_server's single-user providers every
+        authenticated request is the server's one user.
+        """
+        if type(self.identity_provider) in _SINGLE_USER_PROVIDERS:
+            return SINGLE_USER_OWNER
+        return str(self.current_user.username)
+
+    def connection_id_header(self) -> str | None:
+        """The connection a REST call acts for (`X-Connection-ID`)."""
+        return self.request.headers.get("X-Connection-ID") or None
+
+    def json_body(self) -> dict[str, Any]:
+        """The request body as a JSON object, or a 400."""
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise bad_request("request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad_request("request body must be a JSON object")
+        return body
+
+    def body_session_id(self, body: dict[str, Any]) -> str:
+        """The mandatory `sessionId` of a body, validated."""
+        session_id = body.get("sessionId")
+        if not is_valid_session_id(session_id):
+            raise bad_request("sessionId is missing or not a valid session id")
+        return str(session_id)
+
+    def write_json(self, status: int, body: Any) -> None:
+        """Answer with a JSON body."""
+        self.set_status(status)
+        self.finish(dumps(body))
+
+    # -- errors in the contract's shape ------------------------------------------------
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, BridgeError):
+            # An expected refusal, not a server fault: no traceback.
+            self.log.debug("chatbridge: %s %s: %s", value.status, value.code.value, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], BridgeError):
+            status_code = exc_info[1].status
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, BridgeError):
+            body = error.body()
+            if error.retry_after is not None:
+                self.set_header("Retry-After", str(error.retry_after))
+        else:
+            code = _STATUS_CODES.get(status_code, ErrorCode.BAD_REQUEST)
+            message = responses.get(status_code, "error")
+            if isinstance(error, web.HTTPError) and error.log_message:
+                message = error.log_message % error.args if error.args else error.log_message
+            if status_code >= 500:
+                message = "internal server error; see the server log"
+                body = {"error": message, "code": "internal"}
+            else:
+                body = {"error": message, "code": code.value}
+        self.finish(dumps(body))

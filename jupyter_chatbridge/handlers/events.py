@@ -1,0 +1,154 @@
+"""The SSE event stream, `GET chatbridge/api/events`, and its write batching and heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ..bridge import ChatBridge
+from ..protocol import SSE_PING, normalize_cid, sse_id_line
+from .base import ChatBridgeHandler, bad_request
+
+
+class FlushBatcher:
+    """Flushes every stream written to during one loop iteration, once, in one callback.
+
+    A burst of events to N watchers then costs N buffered writes and N socket
+    flushes, with no task, queue or callback per watcher.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: set[EventStreamHandler] = set()
+        self._scheduled = False
+
+    def mark(self, stream: EventStreamHandler) -> None:
+        self._dirty.add(stream)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for stream in dirty:
+            stream.flush_now()
+
+
+class Heartbeat:
+    """One timer for all streams: a `: ping` comment every `interval` seconds."""
+
+    def __init__(self, bridge: ChatBridge, interval: float) -> None:
+        self._bridge = bridge
+        self._interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+
+    def ensure_started(self) -> None:
+        if self._timer is None and self._interval > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._beat)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _beat(self) -> None:
+        self._bridge.ping_streams(SSE_PING)
+        self._timer = asyncio.get_running_loop().call_later(self._interval, self._beat)
+
+
+def _swallow_closed(future: asyncio.Future[Any]) -> None:
+    # A write to a stream the client just left fails; the close handler cleans up.
+    if not future.cancelled():
+        future.exception()
+
+
+class EventStreamHandler(ChatBridgeHandler):
+    """One connection's live event stream (Server-Sent Events)."""
+
+    _track_activity = False  # an open stream is not user activity (server culling)
+
+    def initialize(self) -> None:
+        self._connection_id: str | None = None
+        self._ended = asyncio.Event()
+        self._closed_by_server = False
+
+    @property
+    def _batcher(self) -> FlushBatcher:
+        return self.settings["chatbridge_flusher"]  # type: ignore[no-any-return]
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        cid = None
+        raw_cid = self.get_query_argument("cid", None)
+        if raw_cid is not None:
+            cid = normalize_cid(raw_cid)
+            if cid is None:
+                # Log it: a client with a broken cid generator would otherwise
+                # silently lose its identity on every reconnect.
+                self.log.warning("chatbridge: rejected malformed cid %r", raw_cid[:80])
+                raise bad_request("cid must be 'cid-' followed by a canonical UUID")
+        last_event_id = self._last_event_id()
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        # Proxies (nginx) must not buffer a stream.
+        self.set_header("X-Accel-Buffering", "no")
+        welcome = self.bridge.open_stream(cid, self.owner, last_event_id, self)
+        self._connection_id = welcome["connectionId"]
+        self.settings["chatbridge_heartbeat"].ensure_started()
+        await self._ended.wait()
+
+    def _last_event_id(self) -> int | None:
+        raw = self.request.headers.get("Last-Event-ID") or self.get_query_argument(
+            "lastEventId", None
+        )
+        if raw is None or raw == "":
+            return None
+        raw = raw.strip()
+        if not raw.isdigit() or len(raw) > 18:
+            raise bad_request("Last-Event-ID must be a non-negative integer")
+        return int(raw)
+
+    # -- FrameSink -------------------------------------------------------------------
+
+    def send(self, frame_id: int | None, payload: bytes) -> None:
+        if self._ended.is_set():
+            return
+        if frame_id is not None:
+            self.write(sse_id_line(frame_id))
+        self.write(payload)
+        self._batcher.mark(self)
+
+    def close(self) -> None:
+        if self._ended.is_set():
+            return
+        self._closed_by_server = True
+        self._ended.set()
+        if not self._finished:
+            self.finish(set_content_type="text/event-stream")
+
+    # -- tornado hooks ----------------------------------------------------------------
+
+    def flush_now(self) -> None:
+        if self._ended.is_set() or self.request.connection.stream.closed():  # type: ignore[attr-defined]
+            return
+        self.flush().add_done_callback(_swallow_closed)
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("set_content_type", self._headers.get("Content-Type", "application/json"))
+        return super().finish(*args, **kwargs)
+
+    def on_connection_close(self) -> None:
+        self._ended.set()
+        self._release()
+
+    def on_finish(self) -> None:
+        self._ended.set()
+        self._release()
+
+    def _release(self) -> None:
+        if self._connection_id is not None:
+            self.bridge.close_stream(self._connection_id, self)

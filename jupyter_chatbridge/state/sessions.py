@@ -1,0 +1,181 @@
+"""Sessions, who watches them, who drives them, and the suspend flag.
+
+The watch and drive relations are kept here in both directions (session to
+connections, connection to sessions) so they can never disagree, and they are
+keyed by connection id, so they survive a stable connection's reconnect.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import client_id
+from .eventlog import EventLog
+
+
+class SessionExists(Exception):
+    """A session with that id already exists."""
+
+
+@dataclass(frozen=True)
+class PendingInput:
+    """A user message accepted for the agent and not yet answered."""
+
+    seq: int
+    client_msg_id: str
+    text: str
+    connection_id: str | None
+
+
+@dataclass(eq=False)
+class Session:
+    """One chat session: its log, watchers, driver and queued input."""
+
+    id: str
+    log: EventLog
+    created: float
+    watchers: set[str] = field(default_factory=set)
+    driver: str | None = None
+    suspended: bool = False
+    running: bool = False
+    pending: deque[PendingInput] = field(default_factory=deque)
+    agent: Any = None
+
+    @property
+    def driver_client_id(self) -> str | None:
+        """The ownership key `<connectionId>:<sessionId>` of the driver, if any."""
+        return client_id(self.driver, self.id) if self.driver else None
+
+    def describe(self) -> dict[str, Any]:
+        """The session as `GET chatbridge/api/sessions/{id}` answers it."""
+        return {
+            "sessionId": self.id,
+            "lastSeq": self.log.last_seq,
+            "running": self.running,
+            "driver": self.driver_client_id,
+        }
+
+
+class SessionRegistry:
+    """All sessions, plus the watch and drive indexes by connection id."""
+
+    def __init__(self, *, max_events: int, max_receipts: int) -> None:
+        self._sessions: dict[str, Session] = {}
+        self._watching: dict[str, set[str]] = {}
+        self._driving: dict[str, set[str]] = {}
+        self._max_events = max_events
+        self._max_receipts = max_receipts
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def get(self, session_id: str) -> Session | None:
+        """The session with this id, or None."""
+        return self._sessions.get(session_id)
+
+    def create(self, session_id: str, now: float) -> Session:
+        """Add a new, empty session."""
+        if session_id in self._sessions:
+            raise SessionExists(session_id)
+        log = EventLog(session_id, max_events=self._max_events, max_receipts=self._max_receipts)
+        session = Session(id=session_id, log=log, created=now)
+        self._sessions[session_id] = session
+        return session
+
+    def delete(self, session_id: str) -> Session | None:
+        """Remove a session and every relation to it; returns it for the caller to notify."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return None
+        for connection_id in session.watchers:
+            self._discard(self._watching, connection_id, session_id)
+        if session.driver is not None:
+            self._discard(self._driving, session.driver, session_id)
+        return session
+
+    # -- watching ---------------------------------------------------------------
+
+    def watch(self, session: Session, connection_id: str) -> None:
+        """`connection_id` receives the session's events from now on."""
+        session.watchers.add(connection_id)
+        self._watching.setdefault(connection_id, set()).add(session.id)
+
+    def unwatch(self, session: Session, connection_id: str) -> None:
+        """Stop delivering the session's events to `connection_id`."""
+        session.watchers.discard(connection_id)
+        self._discard(self._watching, connection_id, session.id)
+
+    def watched_by(self, connection_id: str) -> frozenset[str]:
+        """Ids of the sessions a connection watches."""
+        return frozenset(self._watching.get(connection_id, ()))
+
+    # -- driving ----------------------------------------------------------------
+
+    def attach(self, session: Session, connection_id: str) -> str | None:
+        """Make `connection_id` the driver; returns the previous driver it took over from."""
+        previous = session.driver
+        if previous == connection_id:
+            return None
+        if previous is not None:
+            self._discard(self._driving, previous, session.id)
+        session.driver = connection_id
+        session.suspended = False
+        self._driving.setdefault(connection_id, set()).add(session.id)
+        return previous
+
+    def detach(self, session: Session, connection_id: str) -> bool:
+        """Stop `connection_id` driving the session; False (and nothing changes) if it doesn't."""
+        if session.driver != connection_id:
+            return False
+        session.driver = None
+        session.suspended = False
+        self._discard(self._driving, connection_id, session.id)
+        return True
+
+    def suspend(self, session: Session, connection_id: str) -> bool:
+        """Keep the driver through its expiry; only the driver itself may ask. True if it did."""
+        if session.driver != connection_id:
+            return False
+        session.suspended = True
+        return True
+
+    def driven_by(self, connection_id: str) -> frozenset[str]:
+        """Ids of the sessions a connection drives."""
+        return frozenset(self._driving.get(connection_id, ()))
+
+    def release_connection(self, connection_id: str) -> list[Session]:
+        """An expired connection lets go: it stops watching everything, and every session
+        it still drives is detached unless suspended. Returns the sessions detached.
+
+        Sessions another connection took over are no longer in this connection's
+        drive index, so an expiry can never undo a take-over.
+        """
+        for session_id in self._watching.pop(connection_id, set()):
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.watchers.discard(connection_id)
+        detached = []
+        for session_id in sorted(self._driving.get(connection_id, set())):
+            session = self._sessions.get(session_id)
+            if session is None or session.driver != connection_id or session.suspended:
+                continue
+            self.detach(session, connection_id)
+            detached.append(session)
+        return detached
+
+    @staticmethod
+    def _discard(index: dict[str, set[str]], key: str, value: str) -> None:
+        members = index.get(key)
+        if members is not None:
+            members.discard(value)
+            if not members:
+                del index[key]
