@@ -54,9 +54,9 @@ class EchoAgent(Agent):
     """Echoes each message back word by word, so the whole streaming flow is visible
     with nothing configured."""
 
-    chunk_delay = Float(
-        0.05, help="Seconds between chunks, so the answer visibly streams."
-    ).tag(config=True)
+    chunk_delay = Float(0.05, help="Seconds between chunks, so the answer visibly streams.").tag(
+        config=True
+    )
     prefix = Unicode("Echo: ", help="Text that starts every answer.").tag(config=True)
 
     async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]

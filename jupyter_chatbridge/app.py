@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Float, Int, Type
 
@@ -28,9 +26,9 @@ class ChatBridgeApp(ExtensionApp):
     heartbeat_interval = Float(
         15.0, help="Seconds between keep-alive comments on idle event streams (0 disables)."
     ).tag(config=True)
-    replay_buffer_size = Int(
-        1000, help="Frames kept per connection for Last-Event-ID resume."
-    ).tag(config=True)
+    replay_buffer_size = Int(1000, help="Frames kept per connection for Last-Event-ID resume.").tag(
+        config=True
+    )
     max_message_bytes = Int(65536, help="Largest accepted message text, in UTF-8 bytes.").tag(
         config=True
     )
@@ -93,5 +91,3 @@ class ChatBridgeApp(ExtensionApp):
     def _make_agent(self, session_id: str) -> Agent:
         agent: Agent = self.agent_class(parent=self, session_id=session_id, log=self.log)
         return agent
-
-

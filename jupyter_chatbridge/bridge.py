@@ -153,11 +153,12 @@ class ChatBridge:
         `cid` must be normalised (or None for a server-assigned id). Returns the welcome.
         """
         known = cid is not None and self.connections.get(cid) is not None
-        if not known and self.connections.count_owned_by(owner) >= self.limits.max_connections_per_user:
+        limit = self.limits.max_connections_per_user
+        if not known and self.connections.count_owned_by(owner) >= limit:
             raise BridgeError(
                 429,
                 ErrorCode.BUSY,
-                f"too many connections for this user (limit {self.limits.max_connections_per_user})",
+                f"too many connections for this user (limit {limit})",
                 retry_after=int(self.limits.inactive_ttl) or 1,
             )
         try:
@@ -250,7 +251,9 @@ class ChatBridge:
                 429, ErrorCode.BUSY, f"too many sessions (limit {self.limits.max_sessions})"
             )
         try:
-            return self.sessions.create(session_id or f"s-{uuid.uuid4().hex[:12]}", self.scheduler.now())
+            return self.sessions.create(
+                session_id or f"s-{uuid.uuid4().hex[:12]}", self.scheduler.now()
+            )
         except SessionExists:
             raise BridgeError(
                 409, ErrorCode.SESSION_EXISTS, f"session {session_id!r} already exists"
@@ -271,7 +274,9 @@ class ChatBridge:
         if session.agent is not None:
             self._spawn(session.agent.close())
 
-    def history(self, session_id: str, after: int, limit: int | None) -> tuple[list[LoggedEvent], int]:
+    def history(
+        self, session_id: str, after: int, limit: int | None
+    ) -> tuple[list[LoggedEvent], int]:
         """Events with seq > `after` (at most `limit`) and the session's last seq."""
         session = self.session(session_id)
         return session.log.after(after, limit), session.log.last_seq
@@ -279,7 +284,7 @@ class ChatBridge:
     # -- watching and driving -----------------------------------------------------------
 
     def watch(self, connection: Connection, session_id: str, after_seq: int | None) -> int:
-        """Deliver the session's events to `connection`: those after `after_seq` first, then live."""
+        """Deliver the session's events to `connection`: after `after_seq` first, then live."""
         session = self.session(session_id)
         watched = self.sessions.watched_by(connection.id)
         if session_id not in watched and len(watched) >= self.limits.max_watches_per_connection:

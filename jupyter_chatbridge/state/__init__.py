@@ -3,7 +3,7 @@
 Every class here is driven by plain method calls and unit-tested directly.
 """
 
-from .connections import Connection, ConnectionRegistry, CidOwnedElsewhere, OpenResult
+from .connections import CidOwnedElsewhere, Connection, ConnectionRegistry, OpenResult
 from .eventlog import EventLog, LoggedEvent, SendReceipt
 from .replay import ReplayBuffer, ReplayResult
 from .sessions import Session, SessionExists, SessionRegistry

@@ -1,0 +1,31 @@
+"""Agents for tests: one that waits at a gate the test opens, one that fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from jupyter_chatbridge.agents import Agent, UserMessage
+
+
+class GateAgent(Agent):
+    """Answers "working", waits until the test opens `gate`, then answers "done"."""
+
+    gate: ClassVar[asyncio.Event | None] = None
+    runs: ClassVar[list[str]] = []
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+        GateAgent.runs.append(message.client_msg_id)
+        yield "working "
+        assert GateAgent.gate is not None
+        await GateAgent.gate.wait()
+        yield "done"
+
+
+class FailingAgent(Agent):
+    """Starts an answer, then fails like a model backend going away."""
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+        yield "partial "
+        raise RuntimeError("model backend unavailable")

@@ -1,0 +1,73 @@
+"""Fixtures: a real in-process Jupyter server with the extension, on a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.clock import FakeScheduler
+
+from .support import Api, StreamFactory
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chatbridge(**traits): ChatBridgeApp config for this test's server"
+    )
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
+    """The server's clock: TTLs and heartbeats move only when the test advances it."""
+    fake = FakeScheduler()
+    monkeypatch.setattr("jupyter_chatbridge.app.LoopScheduler", lambda: fake)
+    return fake
+
+
+@pytest.fixture
+def jp_server_config(clock: FakeScheduler, request: pytest.FixtureRequest) -> Config:
+    traits: dict[str, Any] = {"inactive_ttl": 60.0, "heartbeat_interval": 15.0}
+    marker = request.node.get_closest_marker("chatbridge")
+    if marker is not None:
+        traits.update(marker.kwargs)
+    agent = traits.pop("agent", {})
+    return Config(
+        {
+            "ServerApp": {"jpserver_extensions": {"jupyter_chatbridge": True}},
+            "ChatBridgeApp": traits,
+            # Answers stream without delay; tests wait for events, never for time.
+            "EchoAgent": {"chunk_delay": 0.0, **agent},
+        }
+    )
+
+
+@pytest.fixture
+def bridge(jp_serverapp: Any) -> ChatBridge:
+    """The running server's bridge, to check server-side state directly."""
+    return jp_serverapp.web_app.settings["chatbridge"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def api(jp_fetch: Any) -> Api:
+    """REST calls that return (status, json) instead of raising on 4xx."""
+    return Api(jp_fetch)
+
+
+@pytest.fixture
+def streams(
+    jp_serverapp: Any,
+    http_server: Any,  # binds the port
+    jp_http_port: int,
+    jp_base_url: str,
+    jp_asyncio_loop: Any,
+) -> Iterator[StreamFactory]:
+    """Open raw SSE streams against the server; all are closed at the end."""
+    factory = StreamFactory(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+    yield factory
+    jp_asyncio_loop.run_until_complete(factory.close_all())
