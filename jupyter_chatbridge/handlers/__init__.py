@@ -12,6 +12,7 @@ from .api import (
     SessionsHandler,
 )
 from .events import EventStreamHandler
+from .websocket import SessionSocketHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
 
@@ -23,6 +24,7 @@ def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
         ("chatbridge/api/sessions", SessionsHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}", SessionHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}/events", SessionHistoryHandler, {}),
+        (f"chatbridge/api/sessions/{SESSION_ID}/ws", SessionSocketHandler, {}),
         (
             r"chatbridge/api/(?P<action>watch|unwatch|attach|detach|suspend)",
             ConnectionActionHandler,

@@ -89,9 +89,7 @@ class SessionHistoryHandler(ChatBridgeHandler):
         events, last_seq = self.bridge.history(_session_id_from_path(session_id), after, limit)
         # The events are already JSON: join them instead of parsing and re-encoding.
         self.set_status(200)
-        self.finish(
-            '{"events":[' + ",".join(e.data for e in events) + f'],"lastSeq":{last_seq}}}'
-        )
+        self.finish('{"events":[' + ",".join(e.data for e in events) + f'],"lastSeq":{last_seq}}}')
 
 
 class ConnectionActionHandler(ChatBridgeHandler):

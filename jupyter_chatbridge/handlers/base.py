@@ -40,10 +40,14 @@ def bad_request(message: str) -> BridgeError:
     return BridgeError(400, ErrorCode.BAD_REQUEST, message)
 
 
-class ChatBridgeHandler(APIHandler):
-    """Base of every REST and stream handler of the extension."""
+class BridgeHandlerMixin:
+    """The bridge, the caller's identity and contract-shaped errors, for any JupyterHandler."""
 
     auth_resource = AUTH_RESOURCE
+    settings: dict[str, Any]
+    identity_provider: Any
+    current_user: Any
+    log: Any
 
     @property
     def bridge(self) -> ChatBridge:
@@ -61,6 +65,43 @@ class ChatBridgeHandler(APIHandler):
         if type(self.identity_provider) in _SINGLE_USER_PROVIDERS:
             return SINGLE_USER_OWNER
         return str(self.current_user.username)
+
+    # -- errors in the contract's shape ------------------------------------------------
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, BridgeError):
+            # An expected refusal, not a server fault: no traceback.
+            self.log.debug("chatbridge: %s %s: %s", value.status, value.code.value, value.message)
+            return
+        super().log_exception(typ, value, tb)  # type: ignore[misc]
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], BridgeError):
+            status_code = exc_info[1].status
+        super().send_error(status_code, **kwargs)  # type: ignore[misc]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        if isinstance(error, BridgeError):
+            body = error.body()
+            if error.retry_after is not None:
+                self.set_header("Retry-After", str(error.retry_after))  # type: ignore[attr-defined]
+        elif status_code >= 500:
+            body = {"error": "internal server error; see the server log", "code": "internal"}
+        else:
+            code = _STATUS_CODES.get(status_code, ErrorCode.BAD_REQUEST)
+            message = responses.get(status_code, "error")
+            if isinstance(error, web.HTTPError) and error.log_message:
+                message = error.log_message % error.args if error.args else error.log_message
+            body = {"error": message, "code": code.value}
+        self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
+        self.finish(dumps(body))  # type: ignore[attr-defined]
+
+
+class ChatBridgeHandler(BridgeHandlerMixin, APIHandler):
+    """Base of every REST and stream handler of the extension."""
 
     def connection_id_header(self) -> str | None:
         """The connection a REST call acts for (`X-Connection-ID`)."""
@@ -86,38 +127,4 @@ class ChatBridgeHandler(APIHandler):
     def write_json(self, status: int, body: Any) -> None:
         """Answer with a JSON body."""
         self.set_status(status)
-        self.finish(dumps(body))
-
-    # -- errors in the contract's shape ------------------------------------------------
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, BridgeError):
-            # An expected refusal, not a server fault: no traceback.
-            self.log.debug("chatbridge: %s %s: %s", value.status, value.code.value, value.message)
-            return
-        super().log_exception(typ, value, tb)
-
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        exc_info = kwargs.get("exc_info")
-        if exc_info and isinstance(exc_info[1], BridgeError):
-            status_code = exc_info[1].status
-        super().send_error(status_code, **kwargs)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc_info = kwargs.get("exc_info")
-        error = exc_info[1] if exc_info else None
-        if isinstance(error, BridgeError):
-            body = error.body()
-            if error.retry_after is not None:
-                self.set_header("Retry-After", str(error.retry_after))
-        else:
-            code = _STATUS_CODES.get(status_code, ErrorCode.BAD_REQUEST)
-            message = responses.get(status_code, "error")
-            if isinstance(error, web.HTTPError) and error.log_message:
-                message = error.log_message % error.args if error.args else error.log_message
-            if status_code >= 500:
-                message = "internal server error; see the server log"
-                body = {"error": message, "code": "internal"}
-            else:
-                body = {"error": message, "code": code.value}
         self.finish(dumps(body))

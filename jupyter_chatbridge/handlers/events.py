@@ -9,6 +9,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ..bridge import ChatBridge
+from ..clock import TimerHandle
 from ..protocol import SSE_PING, normalize_cid, sse_id_line
 from .base import ChatBridgeHandler, bad_request
 
@@ -38,16 +39,19 @@ class FlushBatcher:
 
 
 class Heartbeat:
-    """One timer for all streams: a `: ping` comment every `interval` seconds."""
+    """One timer for all streams: a `: ping` comment every `interval` seconds.
+
+    It runs on the bridge's scheduler, so tests see pings by advancing a fake clock.
+    """
 
     def __init__(self, bridge: ChatBridge, interval: float) -> None:
         self._bridge = bridge
         self._interval = interval
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
 
     def ensure_started(self) -> None:
         if self._timer is None and self._interval > 0:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self._beat)
+            self._timer = self._bridge.scheduler.call_later(self._interval, self._beat)
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -56,7 +60,7 @@ class Heartbeat:
 
     def _beat(self) -> None:
         self._bridge.ping_streams(SSE_PING)
-        self._timer = asyncio.get_running_loop().call_later(self._interval, self._beat)
+        self._timer = self._bridge.scheduler.call_later(self._interval, self._beat)
 
 
 def _swallow_closed(future: asyncio.Future[Any]) -> None:

@@ -1,0 +1,138 @@
+"""`GET chatbridge/api/sessions/{id}/ws`: one session over a WebSocket, with the
+session-unknown fast path.
+
+A browser cannot read the HTTP status of a failed upgrade (it only sees 1006),
+so for a request with an `Origin` header (a browser) an unknown session is
+upgraded and closed at once with 4404. Scripts send no `Origin` and get a plain
+HTTP 404, which their libraries do report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from ..bridge import BridgeError
+from ..protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
+from .base import BridgeHandlerMixin, bad_request
+
+
+class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """Live events of one session, and sends acknowledged on the same socket."""
+
+    def initialize(self) -> None:
+        self._session_id = ""
+        self._after_seq: int | None = None
+        self._registered = False
+
+    async def get(self, session_id: str) -> None:  # type: ignore[override]
+        # Authenticate and authorize as Jupyter's own sockets do: refusals stay HTTP errors.
+        user = self.current_user
+        if not user:
+            raise web.HTTPError(403, "authentication required")
+        if not await ensure_async(
+            self.authorizer.is_authorized(self, user, "execute", self.auth_resource)
+        ):
+            raise web.HTTPError(403, "not authorized")
+        if not is_valid_session_id(session_id):
+            raise bad_request("not a valid session id")
+        raw_after = self.get_query_argument("afterSeq", None)
+        if raw_after is not None:
+            if not raw_after.isdigit() or len(raw_after) > 18:
+                raise bad_request("afterSeq must be a non-negative integer")
+            self._after_seq = int(raw_after)
+        self._session_id = session_id
+        if session_id not in self.bridge.sessions and self.request.headers.get("Origin") is None:
+            # A script: answer before any upgrade.
+            raise BridgeError(
+                404, ErrorCode.SESSION_UNKNOWN, f"session {session_id!r} does not exist"
+            )
+        # A browser (or a known session): upgrade; the origin check happens here.
+        await ensure_async(super().get(session_id))  # type: ignore[arg-type]
+
+    def open(self, session_id: str) -> None:  # type: ignore[override]
+        super().open()  # WebSocketMixin: keep-alive pings
+        if session_id not in self.bridge.sessions:
+            self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
+            return
+        self.bridge.add_socket(session_id, self, self._after_seq)
+        self._registered = True
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            frame = json.loads(message)
+        except (ValueError, UnicodeDecodeError):
+            self._nack(None, "frame is not valid JSON", ErrorCode.BAD_REQUEST)
+            return
+        if not isinstance(frame, dict):
+            self._nack(None, "frame must be a JSON object", ErrorCode.BAD_REQUEST)
+            return
+        client_msg_id = frame.get("clientMsgId")
+        echo_id = client_msg_id if is_valid_client_msg_id(client_msg_id) else None
+        if frame.get("type") != "send":
+            self._nack(
+                echo_id, "unknown frame type; only 'send' is accepted", ErrorCode.BAD_REQUEST
+            )
+            return
+        text = frame.get("text")
+        if echo_id is None:
+            self._nack(
+                None,
+                "clientMsgId must be 1 to 128 printable ASCII characters",
+                ErrorCode.BAD_REQUEST,
+            )
+            return
+        if not isinstance(text, str) or not text:
+            self._nack(echo_id, "text must be a non-empty string", ErrorCode.BAD_REQUEST)
+            return
+        try:
+            result = self.bridge.send(self._session_id, echo_id, text, None)
+        except BridgeError as error:
+            self._nack(echo_id, error.message, error.code)
+            return
+        self._write(
+            {
+                "type": "ack",
+                "clientMsgId": echo_id,
+                "seq": result.receipt.seq,
+                "duplicate": result.duplicate,
+            }
+        )
+
+    def on_close(self) -> None:
+        if self._registered:
+            self.bridge.remove_socket(self._session_id, self)
+            self._registered = False
+        if self.ping_callback is not None:
+            self.ping_callback.stop()
+
+    # -- SessionSocket ------------------------------------------------------------------
+
+    def send_event(self, data: str) -> None:
+        self._write_text(data)
+
+    def end(self, code: int, reason: str) -> None:
+        self._registered = False  # the bridge already forgot this socket
+        self.close(code, reason)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _nack(self, client_msg_id: str | None, error: str, code: ErrorCode) -> None:
+        self._write(
+            {"type": "nack", "clientMsgId": client_msg_id, "error": error, "code": code.value}
+        )
+
+    def _write(self, frame: dict[str, Any]) -> None:
+        self._write_text(dumps(frame))
+
+    def _write_text(self, text: str) -> None:
+        # A socket closing under us is not an error: on_close is on its way.
+        with contextlib.suppress(WebSocketClosedError):
+            self.write_message(text)
