@@ -1,0 +1,37 @@
+# One command to run the server, one to run the whole test suite (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8888
+TOKEN ?= chatbridge-dev-token
+
+.PHONY: run test bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Start Jupyter Server with the extension on its embedded defaults (EchoAgent).
+run: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@echo "Open http://127.0.0.1:$(PORT)/chatbridge/?token=$(TOKEN)  (API: http://127.0.0.1:$(PORT)/chatbridge/api/)"
+	$(BIN)/jupyter server --no-browser --port=$(PORT) --ServerApp.port_retries=0 \
+		--IdentityProvider.token=$(TOKEN) $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# Install the test dependencies and run the whole suite.
+test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -m bench
+
+lint: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/ruff check jupyter_chatbridge tests
+	$(BIN)/ruff format --check jupyter_chatbridge tests
+	$(BIN)/mypy jupyter_chatbridge/state jupyter_chatbridge/protocol.py jupyter_chatbridge/client jupyter_chatbridge/clock.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
