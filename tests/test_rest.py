@@ -392,3 +392,37 @@ def test_contract_error_body_shape() -> None:
 
     error = BridgeError(429, ErrorCode.BUSY, "later", retry_after=3)
     assert json.loads(json.dumps(error.body())) == {"error": "later", "code": "busy"}
+
+
+# -- the fault-injection seam used by client tests -----------------------------------------
+
+
+async def test_fault_plan_scripts_send_failures(api: Api, jp_serverapp, bridge: ChatBridge) -> None:  # type: ignore[no-untyped-def]
+    from tornado.httpclient import HTTPClientError
+
+    from jupyter_chatbridge.testing import Fault, FaultPlan
+
+    plan = FaultPlan().add(
+        "send",
+        Fault.status(500),
+        Fault.status(429, retry_after=2),
+        Fault.drop_before(),
+        Fault.drop_after(),
+    )
+    jp_serverapp.web_app.settings["chatbridge_faults"] = plan
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    status, body = await api("POST", "send", body=_send_body("s1", "m1"))
+    assert (status, body["code"]) == (500, "internal")
+    status, body = await api("POST", "send", body=_send_body("s1", "m1"))
+    assert (status, body["code"]) == (429, "busy")
+    assert api.last_response.headers["Retry-After"] == "2"
+    assert bridge.sessions.get("s1").log.last_seq == 0
+    for _ in range(2):  # dropped before, then dropped after the server accepted it
+        with pytest.raises((HTTPClientError, ConnectionError, OSError)):
+            await api._fetch(
+                "chatbridge", "api", "send", method="POST", body=json.dumps(_send_body("s1", "m1"))
+            )
+    assert bridge.sessions.get("s1").log.receipt("m1") is not None
+    status, body = await api("POST", "send", body=_send_body("s1", "m1"))
+    assert (status, body["duplicate"], body["seq"]) == (200, True, 1)
+    assert plan.remaining("send") == 0

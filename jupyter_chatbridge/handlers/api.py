@@ -9,6 +9,7 @@ from tornado import web
 
 from ..bridge import BridgeError
 from ..protocol import ErrorCode, is_valid_client_msg_id, is_valid_session_id
+from ..testing import Fault
 from .base import ChatBridgeHandler, bad_request
 
 MAX_HISTORY_PAGE = 10000
@@ -143,5 +144,29 @@ class SendHandler(ChatBridgeHandler):
         text = body.get("text")
         if not isinstance(text, str) or not text:
             raise bad_request("text must be a non-empty string")
+        fault = self._take_fault()
+        if fault is not None and fault.kind != "drop_after":
+            self._inject(fault)
+            return
         result = self.bridge.send(session_id, client_msg_id, text, self.connection_id_header())
+        if fault is not None:
+            self._inject(fault)
+            return
         self.write_json(200 if result.duplicate else 202, result.body())
+
+    # Test seam: see jupyter_chatbridge.testing. Inert unless a FaultPlan is installed.
+    def _take_fault(self) -> Fault | None:
+        plan = self.settings.get("chatbridge_faults")
+        return plan.take("send") if plan is not None else None
+
+    def _inject(self, fault: Fault) -> None:
+        if fault.kind == "status":
+            if fault.status_code >= 500:
+                self.send_error(fault.status_code)
+                return
+            code = ErrorCode.BUSY if fault.status_code == 429 else ErrorCode.BAD_REQUEST
+            message = f"injected fault: HTTP {fault.status_code}"
+            error = BridgeError(fault.status_code, code, message, retry_after=fault.retry_after)
+            self.send_error(fault.status_code, exc_info=(BridgeError, error, None))
+            return
+        self.request.connection.stream.close()  # type: ignore[attr-defined]
