@@ -80,3 +80,20 @@ class FakeScheduler:
             if not timer.cancelled:
                 timer.callback()
         self._now = target
+
+
+async def sleep(scheduler: Scheduler, delay: float) -> None:
+    """Wait `delay` seconds of the scheduler's time (a fake clock's `advance` ends it)."""
+    if delay <= 0:
+        return
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    timer = scheduler.call_later(delay, wake)
+    try:
+        await future
+    finally:
+        timer.cancel()

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-FaultKind = Literal["status", "drop_before", "drop_after"]
+FaultKind = Literal["none", "status", "drop_before", "drop_after"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,11 @@ class Fault:
     kind: FaultKind
     status_code: int = 0
     retry_after: int | None = None
+
+    @classmethod
+    def none(cls) -> Fault:
+        """Let this request through untouched (to space faults out)."""
+        return cls("none")
 
     @classmethod
     def status(cls, code: int, retry_after: int | None = None) -> Fault:

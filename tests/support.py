@@ -237,3 +237,16 @@ class StreamFactory:
     async def close_all(self) -> None:
         for stream in self._opened:
             await stream.close()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Wait until `predicate()` holds: for I/O (a socket, a request) to take effect.
+
+    Never used to wait for a timer: timers run on the fake clock and tests advance it.
+    """
+
+    async def _poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.002)
+
+    await asyncio.wait_for(_poll(), timeout)

@@ -11,7 +11,7 @@ import pytest
 from jupyter_chatbridge.bridge import ChatBridge
 
 from .agents import FailingAgent, GateAgent
-from .support import Api, StreamFactory, new_cid
+from .support import Api, StreamFactory, eventually, new_cid
 
 
 @pytest.fixture
@@ -271,7 +271,7 @@ async def test_full_input_queue_is_429_with_retry_after_but_dedup_still_answers(
 ) -> None:
     await api.ok("POST", "sessions", body={"sessionId": "s1"})
     await api.ok("POST", "send", body=_send_body("s1", "m0"))  # running
-    await asyncio.wait_for(_until(lambda: GateAgent.runs == ["m0"]), 10)
+    await eventually(lambda: GateAgent.runs == ["m0"])
     await api.ok("POST", "send", body=_send_body("s1", "m1"))  # queued
     await api.ok("POST", "send", body=_send_body("s1", "m2"))  # queued: full
     status, body = await api("POST", "send", body=_send_body("s1", "m3"))
@@ -285,11 +285,6 @@ async def test_full_input_queue_is_429_with_retry_after_but_dedup_still_answers(
         "m1",
         "m2",
     ]
-
-
-async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
-    while not predicate():
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.chatbridge(max_message_bytes=10)

@@ -7,7 +7,7 @@ import pytest
 from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.clock import FakeScheduler
 
-from .support import Api, StreamFactory, new_cid
+from .support import Api, StreamFactory, eventually, new_cid
 
 
 async def _session_with_watcher(api: Api, streams: StreamFactory, sid: str = "s1"):
@@ -203,18 +203,8 @@ async def test_server_assigned_connection_is_dropped_at_once(
     await api.ok("POST", "attach", body={"sessionId": "s1"}, headers={"X-Connection-ID": conn})
     stream.cut()
     await stream.wait_for(lambda s: s.ended)
-    await _wait_until(lambda: bridge.connections.get(conn) is None)
+    await eventually(lambda: bridge.connections.get(conn) is None)
     assert (await api.ok("GET", "sessions", "s1"))["driver"] is None
-
-
-async def _wait_until(predicate) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-
-    async def _poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.005)  # server-side close handling is I/O, not a timer
-
-    await asyncio.wait_for(_poll(), 10)
 
 
 async def _drive(api: Api, cid: str, sid: str) -> None:
@@ -241,7 +231,7 @@ async def test_expiry_detaches_only_sessions_still_owned_and_not_suspended(
     )
     assert status == 204
     stream.cut()
-    await _wait_until(lambda: not bridge.connections.get(cid).active)
+    await eventually(lambda: not bridge.connections.get(cid).active)
 
     # Another tab takes "taken" over during the TTL.
     other = new_cid()
@@ -270,7 +260,7 @@ async def test_reconnect_within_ttl_cancels_expiry(
     stream = await streams.open(cid)
     await _drive(api, cid, "s1")
     stream.cut()
-    await _wait_until(lambda: not bridge.connections.get(cid).active)
+    await eventually(lambda: not bridge.connections.get(cid).active)
     clock.advance(30)
     await streams.open(cid)
     clock.advance(3600)
@@ -282,7 +272,7 @@ async def test_expired_cid_comes_back_as_a_new_connection(
 ) -> None:
     cid, stream = await _session_with_watcher(api, streams)
     stream.cut()
-    await _wait_until(lambda: not bridge.connections.get(cid).active)
+    await eventually(lambda: not bridge.connections.get(cid).active)
     clock.advance(60)
     again = await streams.open(cid, last_event_id=3)
     assert again.welcome["resumed"] is False

@@ -24,7 +24,7 @@ from jupyter_chatbridge.client.policy import (
     classify,
     failure_code,
 )
-from jupyter_chatbridge.clock import Scheduler, TimerHandle
+from jupyter_chatbridge.clock import Scheduler, sleep
 from jupyter_chatbridge.protocol import is_valid_client_msg_id, is_valid_session_id
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,6 @@ class Outbox:
         self._queue: deque[_Message] = deque()
         self._failed: OrderedDict[str, _Message] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
-        self._timer: TimerHandle | None = None
         self._closed = False
 
     # -- public API -------------------------------------------------------------------------
@@ -210,9 +209,6 @@ class Outbox:
     def close(self) -> None:
         """Stop: cancel the retry timer and the drain task and drop what is queued. Idempotent."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._queue.clear()
@@ -362,21 +358,8 @@ class Outbox:
             self._failed.popitem(last=False)
 
     async def _wait(self, delay: float) -> None:
-        if delay <= 0:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        self._timer = self._scheduler.call_later(delay, wake)
-        try:
-            await future
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+        # Kept as a task-local wait so close() can cancel it with the drain task.
+        await sleep(self._scheduler, delay)
 
 
 def _error_text(response: SendResponse) -> str:

@@ -157,7 +157,8 @@ class SendHandler(ChatBridgeHandler):
     # Test seam: see jupyter_chatbridge.testing. Inert unless a FaultPlan is installed.
     def _take_fault(self) -> Fault | None:
         plan = self.settings.get("chatbridge_faults")
-        return plan.take("send") if plan is not None else None
+        fault = plan.take("send") if plan is not None else None
+        return fault if fault is not None and fault.kind != "none" else None
 
     def _inject(self, fault: Fault) -> None:
         if fault.kind == "status":

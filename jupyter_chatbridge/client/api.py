@@ -1,0 +1,383 @@
+"""The asyncio client API: `AsyncChatClient` and its `AsyncSession` handles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from ..clock import LoopScheduler, Scheduler
+from ..protocol import EventType
+from .discovery import discover_server
+from .outbox import Outbox, OutboxEvent, SendResponse
+from .policy import MAX_QUEUED_SENDS, MAX_SEND_RETRIES, RETRY_DELAY
+from .stream import DEFAULT_IDLE_TIMEOUT, EventStream, StatusChange
+from .transport import HTTPStatusError, HttpTransport
+
+log = logging.getLogger(__name__)
+
+# Events a session handle holds for a reader that is not keeping up.
+MAX_BUFFERED_EVENTS = 10000
+
+
+class SendFailed(Exception):
+    """A message was finally not delivered; `event` is its last `send_failed`."""
+
+    def __init__(self, event: OutboxEvent) -> None:
+        super().__init__(event.error or "message not delivered")
+        self.event = event
+
+
+class AgentError(Exception):
+    """The agent answered with an `error` event."""
+
+
+class SessionLost(Exception):
+    """The session ended or no longer exists."""
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class AsyncChatClient:
+    """A client of one Jupyter server's chatbridge: event stream, send outbox and REST.
+
+    ::
+
+        async with AsyncChatClient("http://127.0.0.1:8888/", token) as client:
+            session = await client.session("demo")
+            print(await session.ask("hello"))
+
+    With no `server_url`, the server is discovered (see `discover_server`).
+    """
+
+    def __init__(
+        self,
+        server_url: str | None = None,
+        token: str | None = None,
+        *,
+        cid: str | None = None,
+        scheduler: Scheduler | None = None,
+        request_timeout: float = 30.0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        retry_delay: float = RETRY_DELAY,
+        max_send_retries: int = MAX_SEND_RETRIES,
+        max_queued: int = MAX_QUEUED_SENDS,
+        on_status: Callable[[StatusChange], None] = _noop,
+        on_send: Callable[[OutboxEvent], None] = _noop,
+        on_frame: Callable[[str, dict[str, Any]], None] = _noop,
+    ) -> None:
+        if server_url is None:
+            server_url, found_token = discover_server()
+            token = token if token is not None else found_token
+        scheduler = scheduler or LoopScheduler()
+        self.transport = HttpTransport(server_url, token, request_timeout=request_timeout)
+        self._on_send = on_send
+        self._on_frame = on_frame
+        self.stream = EventStream(
+            self.transport,
+            on_event=self._dispatch,
+            on_status=on_status,
+            on_frame=self._frame,
+            on_session_lost=self._session_lost,
+            cid=cid,
+            scheduler=scheduler,
+            idle_timeout=idle_timeout,
+        )
+        self.outbox = Outbox(
+            self._post_send,
+            scheduler,
+            self._send_event,
+            max_queued=max_queued,
+            max_retries=max_send_retries,
+            retry_delay=retry_delay,
+        )
+        self._sessions: dict[str, AsyncSession] = {}
+        self._send_waiters: dict[str, asyncio.Future[OutboxEvent]] = {}
+
+    @property
+    def cid(self) -> str:
+        """This client's stable connection id, kept for its whole life."""
+        return self.stream.cid
+
+    async def connect(self) -> AsyncChatClient:
+        """Open the event stream and wait for the welcome."""
+        await self.stream.wait_connected()
+        return self
+
+    async def __aenter__(self) -> AsyncChatClient:
+        return await self.connect()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the stream and the outbox; nothing is left running."""
+        await self.outbox.aclose()
+        await self.stream.close()
+        for session in self._sessions.values():
+            session._end("client closed")
+        for future in self._send_waiters.values():
+            future.cancel()
+        self._send_waiters.clear()
+
+    # -- REST -------------------------------------------------------------------------
+
+    async def _rest(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        response = await self.transport.request(
+            method, f"chatbridge/api/{path}", body, query=query or None
+        )
+        if response.status >= 400:
+            raise HTTPStatusError(response.status, response.error, response.body)
+        return response.body
+
+    async def create_session(self, session_id: str | None = None, *, exist_ok: bool = False) -> Any:
+        """Create a session; with `exist_ok`, an existing one is returned instead of a 409."""
+        try:
+            return await self._rest("POST", "sessions", {"sessionId": session_id})
+        except HTTPStatusError as exc:
+            if exist_ok and exc.status == 409 and session_id is not None:
+                return await self.get_session(session_id)
+            raise
+
+    async def list_sessions(self) -> list[dict[str, Any]]:
+        """Every session on the server."""
+        return list((await self._rest("GET", "sessions"))["sessions"])
+
+    async def get_session(self, session_id: str) -> dict[str, Any]:
+        """One session's state: lastSeq, running, driver."""
+        return dict(await self._rest("GET", f"sessions/{session_id}"))
+
+    async def delete_session(self, session_id: str) -> None:
+        """Delete a session; its watchers get `session_ended`."""
+        await self._rest("DELETE", f"sessions/{session_id}")
+
+    async def history(
+        self, session_id: str, after: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events with seq > `after`, paging through the whole history when `limit` is None."""
+        events: list[dict[str, Any]] = []
+        while True:
+            page = await self._rest(
+                "GET", f"sessions/{session_id}/events", after=after, limit=limit or 1000
+            )
+            events.extend(page["events"])
+            if (
+                limit is not None
+                or not page["events"]
+                or page["events"][-1]["seq"] >= page["lastSeq"]
+            ):
+                return events
+            after = page["events"][-1]["seq"]
+
+    # -- sessions and sending -------------------------------------------------------------
+
+    async def session(
+        self,
+        session_id: str,
+        *,
+        create: bool = True,
+        after_seq: int | None = None,
+        attach: bool = False,
+    ) -> AsyncSession:
+        """A handle on a session, watched on this client's stream.
+
+        `create` makes the session if it does not exist; `after_seq` also delivers
+        the history after that seq (None: only new events); `attach` makes this
+        client the session's driver.
+        """
+        if create:
+            await self.create_session(session_id, exist_ok=True)
+        handle = self._sessions.get(session_id)
+        if handle is None:
+            handle = self._sessions[session_id] = AsyncSession(self, session_id)
+        handle.last_seq = await self.stream.watch(session_id, after_seq)
+        if attach:
+            await self.stream.call("attach", session_id)
+        return handle
+
+    def send(self, session_id: str, text: str, client_msg_id: str | None = None) -> str:
+        """Queue a message (ordered, retried, idempotent) and return its clientMsgId."""
+        return self.outbox.enqueue(session_id, text, client_msg_id)
+
+    async def send_and_wait(
+        self, session_id: str, text: str, client_msg_id: str | None = None
+    ) -> OutboxEvent:
+        """Send and wait for the server's receipt; raises `SendFailed` on a final failure."""
+        client_msg_id = self.send(session_id, text, client_msg_id)
+        future = self._send_waiters.setdefault(
+            client_msg_id, asyncio.get_running_loop().create_future()
+        )
+        return await future
+
+    async def _post_send(self, session_id: str, client_msg_id: str, text: str) -> SendResponse:
+        headers = (
+            {"X-Connection-ID": self.stream.connection_id} if self.stream.connection_id else {}
+        )
+        body = {"sessionId": session_id, "clientMsgId": client_msg_id, "text": text}
+        response = await self.transport.request(
+            "POST", "chatbridge/api/send", body, headers=headers
+        )
+        answer = response.body if isinstance(response.body, dict) else {}
+        return SendResponse(response.status, answer, response.retry_after)
+
+    def _send_event(self, event: OutboxEvent) -> None:
+        self._on_send(event)
+        session = self._sessions.get(event.session_id)
+        if session is not None:
+            session._outbox_event(event)
+        final = event.type == "send_accepted" or (
+            event.type == "send_failed" and not event.will_retry
+        )
+        if final:
+            future = self._send_waiters.pop(event.client_msg_id, None)
+            if future is not None and not future.done():
+                if event.type == "send_accepted":
+                    future.set_result(event)
+                else:
+                    future.set_exception(SendFailed(event))
+
+    # -- stream callbacks -------------------------------------------------------------
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        session = self._sessions.get(event["sessionId"])
+        if session is not None:
+            session._receive(event)
+
+    def _frame(self, kind: str, data: dict[str, Any]) -> None:
+        self._on_frame(kind, data)
+        if kind == EventType.DETACHED:
+            session = self._sessions.get(str(data.get("sessionId")))
+            if session is not None:
+                session.detached = str(data.get("reason"))
+
+    def _session_lost(self, session_id: str, reason: str) -> None:
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session._end(reason)
+
+
+class AsyncSession:
+    """One watched session: send to it, read its events exactly once, in seq order."""
+
+    def __init__(self, client: AsyncChatClient, session_id: str) -> None:
+        self.client = client
+        self.id = session_id
+        self.last_seq = -1
+        self.lost: str | None = None
+        self.detached: str | None = None
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._send_listeners: list[Callable[[OutboxEvent], None]] = []
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._overflowed = False
+        self._waiters: set[asyncio.Future[str]] = set()
+
+    def add_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback(event)` for every session event from now on."""
+        self._listeners.append(callback)
+
+    def add_send_listener(self, callback: Callable[[OutboxEvent], None]) -> None:
+        """Call `callback(outbox_event)` for this session's delivery states."""
+        self._send_listeners.append(callback)
+
+    def send(self, text: str, client_msg_id: str | None = None) -> str:
+        """Queue a message; returns its clientMsgId (see `AsyncChatClient.send`)."""
+        return self.client.send(self.id, text, client_msg_id)
+
+    async def send_and_wait(self, text: str, client_msg_id: str | None = None) -> OutboxEvent:
+        """Send and wait for the receipt (raises `SendFailed`)."""
+        return await self.client.send_and_wait(self.id, text, client_msg_id)
+
+    async def ask(self, text: str) -> str:
+        """Send `text` and return the agent's whole answer to it.
+
+        Raises `SendFailed`, `AgentError` if the agent failed, or `SessionLost`.
+        """
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        chunks: list[str] = []
+        state: dict[str, Any] = {"seq": None, "message_id": None, "early": []}
+
+        def on_event(event: dict[str, Any]) -> None:
+            if state["seq"] is None:
+                state["early"].append(event)  # may belong to us: decide once we know our seq
+                return
+            if (
+                event.get("type") == EventType.MESSAGE_START
+                and event.get("replyTo") == state["seq"]
+            ):
+                state["message_id"] = event.get("messageId")
+            elif state["message_id"] is None or event.get("messageId") != state["message_id"]:
+                return
+            elif event["type"] == EventType.BLOCK_DELTA:
+                chunks.append(str(event.get("text", "")))
+            elif event["type"] == EventType.ERROR and not answer.done():
+                answer.set_exception(AgentError(str(event.get("message"))))
+            elif event["type"] == EventType.MESSAGE_END and not answer.done():
+                answer.set_result("".join(chunks))
+
+        self._listeners.append(on_event)
+        self._waiters.add(answer)
+        try:
+            receipt = await self.send_and_wait(text)
+            state["seq"] = receipt.seq
+            for event in state.pop("early"):
+                on_event(event)
+            return await answer
+        finally:
+            self._listeners.remove(on_event)
+            self._waiters.discard(answer)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Iterate session events as they arrive; ends when the session is lost or closed."""
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    async def history(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """The session's stored events after `after`."""
+        return await self.client.history(self.id, after, limit)
+
+    async def attach(self) -> None:
+        """Drive this session from this client (a previous driver is detached)."""
+        await self.client.stream.call("attach", self.id)
+        self.detached = None
+
+    async def detach(self) -> None:
+        """Stop driving this session."""
+        await self.client.stream.call("detach", self.id)
+
+    async def delete(self) -> None:
+        """Delete the session on the server."""
+        await self.client.delete_session(self.id)
+
+    def _receive(self, event: dict[str, Any]) -> None:
+        self.last_seq = event["seq"]
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("chatbridge: session listener failed")
+        if self._queue.qsize() < MAX_BUFFERED_EVENTS:
+            self._queue.put_nowait(event)
+        elif not self._overflowed:
+            self._overflowed = True
+            log.warning("chatbridge: events() reader of %s is not keeping up; dropping", self.id)
+
+    def _outbox_event(self, event: OutboxEvent) -> None:
+        for listener in list(self._send_listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("chatbridge: send listener failed")
+
+    def _end(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = reason
+            self._queue.put_nowait(None)
+            for waiter in list(self._waiters):
+                if not waiter.done():
+                    waiter.set_exception(SessionLost(f"session {self.id}: {reason}"))
