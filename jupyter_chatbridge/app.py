@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Type
+from traitlets import Float, Int, Type, default
 
 from .agents import Agent, EchoAgent
 from .bridge import BridgeLimits, ChatBridge
+from .client.discovery import ENV_TOKEN, ENV_URL
 from .clock import LoopScheduler
 from .handlers import default_handlers
 from .handlers.events import FlushBatcher, Heartbeat
@@ -48,6 +53,11 @@ class ChatBridgeApp(ExtensionApp):
     max_connections_per_user = Int(
         200, help="Connections (open or waiting for reconnect) one user may hold."
     ).tag(config=True)
+    max_stream_buffer_bytes = Int(
+        1 << 20,
+        help="Unsent bytes an event stream may queue for a client that stopped reading; "
+        "past this the stream is dropped (the client resumes with Last-Event-ID).",
+    ).tag(config=True)
     agent_class = Type(
         default_value=EchoAgent,
         klass=Agent,
@@ -55,6 +65,11 @@ class ChatBridgeApp(ExtensionApp):
     ).tag(config=True)
 
     bridge: ChatBridge
+
+    @default("static_paths")
+    def _default_static_paths(self) -> list[str]:
+        # The browser page's JS and CSS, served at {base_url}static/jupyter_chatbridge/.
+        return [str(Path(__file__).parent / "static")]
 
     def initialize_settings(self) -> None:
         """Build the bridge from the configuration and share it with the handlers."""
@@ -68,6 +83,7 @@ class ChatBridgeApp(ExtensionApp):
             max_sessions=self.max_sessions,
             max_watches_per_connection=self.max_watches_per_connection,
             max_connections_per_user=self.max_connections_per_user,
+            max_stream_buffer_bytes=self.max_stream_buffer_bytes,
         )
         self.bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log)
         self.heartbeat = Heartbeat(self.bridge, self.heartbeat_interval)
@@ -83,10 +99,30 @@ class ChatBridgeApp(ExtensionApp):
         """Register the REST, stream and socket handlers under base_url."""
         self.handlers.extend(default_handlers())
 
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Once the server is bound, tell the kernels it starts where it is.
+
+        Kernels inherit the server's environment; `client.discovery` reads these.
+        The token is exported but never logged.
+        """
+        exported = {ENV_URL: serverapp.connection_url}
+        token = getattr(serverapp.identity_provider, "token", "")
+        if token:
+            exported[ENV_TOKEN] = token
+        self._saved_environ = {name: os.environ.get(name) for name in (ENV_URL, ENV_TOKEN)}
+        os.environ.update(exported)
+        self.log.info("chatbridge: kernels will find this server at %s", serverapp.connection_url)
+
     async def stop_extension(self) -> None:
         """Stop agent runs and end every stream when the server stops."""
         self.heartbeat.stop()
         await self.bridge.shutdown()
+        # Leave the process environment as we found it (several servers may share a process).
+        for name, value in getattr(self, "_saved_environ", {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def _make_agent(self, session_id: str) -> Agent:
         agent: Agent = self.agent_class(parent=self, session_id=session_id, log=self.log)

@@ -75,6 +75,7 @@ class BridgeLimits:
     max_sessions: int = 1000
     max_watches_per_connection: int = 100
     max_connections_per_user: int = 200
+    max_stream_buffer_bytes: int = 1 << 20
     busy_retry_after: int = 1
 
 
@@ -323,9 +324,18 @@ class ChatBridge:
     # -- sending ----------------------------------------------------------------------
 
     def send(
-        self, session_id: str, client_msg_id: str, text: str, connection_id: str | None
+        self,
+        session_id: str,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+        owner: str | None = None,
     ) -> SendResult:
-        """Accept a user message once per clientMsgId, in order, and queue it for the agent."""
+        """Accept a user message once per clientMsgId, in order, and queue it for the agent.
+
+        The message is attributed to `connection_id` only if that connection exists
+        and belongs to `owner`: nobody can speak as another user's connection.
+        """
         session = self.session(session_id)
         if len(text.encode("utf-8")) > self.limits.max_message_bytes:
             raise BridgeError(
@@ -343,8 +353,10 @@ class ChatBridge:
                 f"session {session_id!r} has {len(session.pending)} messages waiting; retry later",
                 retry_after=self.limits.busy_retry_after,
             )
-        if connection_id is not None and self.connections.get(connection_id) is None:
-            connection_id = None
+        if connection_id is not None:
+            sender = self.connections.get(connection_id)
+            if sender is None or sender.owner != owner:
+                connection_id = None
         event = self._publish(
             session,
             EventType.USER_MESSAGE,

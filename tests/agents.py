@@ -29,3 +29,15 @@ class FailingAgent(Agent):
     async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
         yield "partial "
         raise RuntimeError("model backend unavailable")
+
+
+class BurstAgent(Agent):
+    """Answers with `chunks` numbered deltas, paced like a fast model (about 2 ms per 10)."""
+
+    chunks: ClassVar[int] = 5000
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+        for i in range(self.chunks):
+            yield f"{i} "
+            if i % 10 == 9:
+                await asyncio.sleep(0.002)

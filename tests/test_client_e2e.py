@@ -4,6 +4,7 @@ session-unknown fast path. The client runs on its own fake clock."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -361,3 +362,27 @@ async def test_blocking_client_for_scripts(server_url: str, token: str, bridge: 
     assert types == ["message_start"]
     # Closing the client ended its stream; the server keeps its state for the TTL.
     await eventually(lambda: not bridge.connections.get(cid).active)
+
+
+async def test_kernels_can_discover_the_server(
+    server_url: str, token: str, jp_serverapp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_chatbridge.client import ServerNotFound, discover_server
+
+    # What a real server does once bound (pytest-jupyter never runs its post-start):
+    await jp_serverapp.extension_manager.start_all_extensions()
+    # ... the extension exported for the kernels it starts:
+    assert discover_server() == (jp_serverapp.connection_url, token)
+    client = AsyncChatClient()  # nothing configured
+    try:
+        await client.connect()
+    finally:
+        await client.close()
+    # The fallback: the running-server file of the server whose pid is JPY_PARENT_PID.
+    monkeypatch.delenv("JUPYTER_CHATBRIDGE_URL")
+    monkeypatch.setenv("JPY_PARENT_PID", str(os.getpid()))
+    url, found_token = discover_server()
+    assert url.endswith(jp_serverapp.base_url) and found_token == token
+    monkeypatch.setenv("JPY_PARENT_PID", "1")
+    with pytest.raises(ServerNotFound, match="server_url="):
+        discover_server()

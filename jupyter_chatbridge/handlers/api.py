@@ -148,7 +148,9 @@ class SendHandler(ChatBridgeHandler):
         if fault is not None and fault.kind != "drop_after":
             self._inject(fault)
             return
-        result = self.bridge.send(session_id, client_msg_id, text, self.connection_id_header())
+        result = self.bridge.send(
+            session_id, client_msg_id, text, self.connection_id_header(), self.owner
+        )
         if fault is not None:
             self._inject(fault)
             return

@@ -78,6 +78,13 @@ class EventStreamHandler(ChatBridgeHandler):
         self._connection_id: str | None = None
         self._ended = asyncio.Event()
         self._closed_by_server = False
+        # Bytes handed to tornado but not yet on the wire: a reader that stopped
+        # reading makes this grow, and past the limit it is dropped (it can resume).
+        self._queued_bytes = 0
+        self._unflushed_bytes = 0
+        # The welcome and replay are written in one burst when the stream opens; that
+        # burst is allowed on top of the limit until it has been flushed.
+        self._burst_allowance: int | None = None
 
     @property
     def _batcher(self) -> FlushBatcher:
@@ -102,6 +109,7 @@ class EventStreamHandler(ChatBridgeHandler):
         self.set_header("X-Accel-Buffering", "no")
         welcome = self.bridge.open_stream(cid, self.owner, last_event_id, self)
         self._connection_id = welcome["connectionId"]
+        self._burst_allowance = self._unflushed_bytes
         self.settings["chatbridge_heartbeat"].ensure_started()
         await self._ended.wait()
 
@@ -122,9 +130,30 @@ class EventStreamHandler(ChatBridgeHandler):
         if self._ended.is_set():
             return
         if frame_id is not None:
-            self.write(sse_id_line(frame_id))
+            line = sse_id_line(frame_id)
+            self.write(line)
+            self._unflushed_bytes += len(line)
         self.write(payload)
+        self._unflushed_bytes += len(payload)
+        if self._burst_allowance is not None:  # None while the opening burst is written
+            limit = self.bridge.limits.max_stream_buffer_bytes + self._burst_allowance
+            if self._queued_bytes + self._unflushed_bytes > limit:
+                self._drop_slow_consumer()
+                return
         self._batcher.mark(self)
+
+    def _drop_slow_consumer(self) -> None:
+        self.log.warning(
+            "chatbridge: dropping the stream of %s: %d bytes unsent (limit %d); "
+            "it can resume with Last-Event-ID",
+            self._connection_id,
+            self._queued_bytes + self._unflushed_bytes,
+            self.bridge.limits.max_stream_buffer_bytes,
+        )
+        self._ended.set()
+        self._release()
+        # The socket is stuck, so nothing more can be said on it: close it outright.
+        self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         if self._ended.is_set():
@@ -139,7 +168,15 @@ class EventStreamHandler(ChatBridgeHandler):
     def flush_now(self) -> None:
         if self._ended.is_set() or self.request.connection.stream.closed():  # type: ignore[attr-defined]
             return
-        self.flush().add_done_callback(_swallow_closed)
+        size, self._unflushed_bytes = self._unflushed_bytes, 0
+        self._queued_bytes += size
+        self.flush().add_done_callback(lambda future: self._flushed(future, size))
+
+    def _flushed(self, future: asyncio.Future[Any], size: int) -> None:
+        self._queued_bytes -= size
+        # Flushes complete in order: once the first one is out, so is the opening burst.
+        self._burst_allowance = 0
+        _swallow_closed(future)
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("set_content_type", self._headers.get("Content-Type", "application/json"))
