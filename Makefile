@@ -14,14 +14,25 @@ $(BIN)/python:
 # Start Jupyter Server with the extension on its embedded defaults (EchoAgent).
 run: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
-	@echo "Open http://127.0.0.1:$(PORT)/chatbridge/?token=$(TOKEN)  (API: http://127.0.0.1:$(PORT)/chatbridge/api/)"
+	@echo "Chat page: http://127.0.0.1:$(PORT)/chatbridge/?token=$(TOKEN)  (API: http://127.0.0.1:$(PORT)/chatbridge/api/)"
 	$(BIN)/jupyter server --no-browser --port=$(PORT) --ServerApp.port_retries=0 \
 		--IdentityProvider.token=$(TOKEN) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# Install the test dependencies and run the whole suite.
+# Install the test dependencies (Debian's chromium for the browser tests, when it is
+# missing) and run the whole suite; here a missing browser fails the browser tests.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m pytest
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's chromium for the browser tests (tests/browser)"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || exit 1; \
+		else \
+			echo "The browser tests need Debian's chromium at /usr/bin/chromium." >&2; \
+			echo "Install it as root: apt-get update && apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	CHATBRIDGE_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

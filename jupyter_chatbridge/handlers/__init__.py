@@ -12,6 +12,7 @@ from .api import (
     SessionsHandler,
 )
 from .events import EventStreamHandler
+from .page import ChatPageHandler
 from .websocket import SessionSocketHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
@@ -20,6 +21,7 @@ SESSION_ID = r"(?P<session_id>[^/]+)"
 def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
     """URL patterns relative to base_url (ExtensionApp prepends it)."""
     return [
+        ("chatbridge/?", ChatPageHandler, {}),
         ("chatbridge/api/events", EventStreamHandler, {}),
         ("chatbridge/api/sessions", SessionsHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}", SessionHandler, {}),
