@@ -17,6 +17,7 @@ from jupyter_chatbridge.client import (
     ConnectionStatus,
     OutboxFull,
     SessionSocket,
+    SessionUnknown,
     StatusChange,
 )
 from jupyter_chatbridge.client.transport import HttpTransport
@@ -314,6 +315,8 @@ async def test_socket_closed_by_delete_makes_zero_reconnect_attempts(
     assert events[-1]["type"] == "session_ended"
     assert socket.last_close == (4404, "session ended")
     assert socket.attempts_made == 1 and socket.session_unknown and clock.pending == 0
+    with pytest.raises(SessionUnknown):
+        await socket.send("anyone there?")
 
 
 async def test_socket_reconnects_after_a_transient_close_and_resumes(

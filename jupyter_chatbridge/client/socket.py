@@ -84,6 +84,8 @@ class SessionSocket:
         self.start()
         await self._connected.wait()
         if self._ws is None:
+            if self.session_unknown:
+                raise SessionUnknown(f"session {self.session_id!r} does not exist")
             raise StreamClosed("the session socket is not connected")
         client_msg_id = client_msg_id or new_client_msg_id()
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

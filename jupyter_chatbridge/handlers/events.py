@@ -69,6 +69,16 @@ def _swallow_closed(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def _event_id(raw: str | None, name: str) -> int | None:
+    """A Last-Event-ID value: None when absent or empty, else a non-negative integer."""
+    if raw is None or raw == "":
+        return None
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise bad_request(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
 class EventStreamHandler(ChatBridgeHandler):
     """One connection's live event stream (Server-Sent Events)."""
 
@@ -77,7 +87,6 @@ class EventStreamHandler(ChatBridgeHandler):
     def initialize(self) -> None:
         self._connection_id: str | None = None
         self._ended = asyncio.Event()
-        self._closed_by_server = False
         # Bytes handed to tornado but not yet on the wire: a reader that stopped
         # reading makes this grow, and past the limit it is dropped (it can resume).
         self._queued_bytes = 0
@@ -114,15 +123,10 @@ class EventStreamHandler(ChatBridgeHandler):
         await self._ended.wait()
 
     def _last_event_id(self) -> int | None:
-        raw = self.request.headers.get("Last-Event-ID") or self.get_query_argument(
-            "lastEventId", None
-        )
-        if raw is None or raw == "":
-            return None
-        raw = raw.strip()
-        if not raw.isdigit() or len(raw) > 18:
-            raise bad_request("Last-Event-ID must be a non-negative integer")
-        return int(raw)
+        # Both forms are checked when both are given (a malformed one is a 400); the header wins.
+        header = _event_id(self.request.headers.get("Last-Event-ID"), "Last-Event-ID")
+        query = _event_id(self.get_query_argument("lastEventId", None), "lastEventId")
+        return header if header is not None else query
 
     # -- FrameSink -------------------------------------------------------------------
 
@@ -158,7 +162,6 @@ class EventStreamHandler(ChatBridgeHandler):
     def close(self) -> None:
         if self._ended.is_set():
             return
-        self._closed_by_server = True
         self._ended.set()
         if not self._finished:
             self.finish(set_content_type="text/event-stream")
