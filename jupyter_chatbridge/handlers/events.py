@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections import deque
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -87,17 +89,18 @@ class EventStreamHandler(ChatBridgeHandler):
     def initialize(self) -> None:
         self._connection_id: str | None = None
         self._ended = asyncio.Event()
+        self._live = True
+        # Looked up once: `send` runs for every delivery to this stream.
+        self._batcher: FlushBatcher = self.settings["chatbridge_flusher"]
         # Bytes handed to tornado but not yet on the wire: a reader that stopped
         # reading makes this grow, and past the limit it is dropped (it can resume).
-        self._queued_bytes = 0
         self._unflushed_bytes = 0
-        # The welcome and replay are written in one burst when the stream opens; that
-        # burst is allowed on top of the limit until it has been flushed.
-        self._burst_allowance: int | None = None
-
-    @property
-    def _batcher(self) -> FlushBatcher:
-        return self.settings["chatbridge_flusher"]  # type: ignore[no-any-return]
+        self._queued_bytes = 0
+        self._flush_sizes: deque[int] = deque()
+        # No limit while the welcome and replay burst is written; that burst is then
+        # allowed on top of the limit until its flush has completed.
+        self._limit = sys.maxsize
+        self._base_limit = 0
 
     @web.authenticated
     @authorized
@@ -116,9 +119,11 @@ class EventStreamHandler(ChatBridgeHandler):
         self.set_header("Cache-Control", "no-cache")
         # Proxies (nginx) must not buffer a stream.
         self.set_header("X-Accel-Buffering", "no")
-        welcome = self.bridge.open_stream(cid, self.owner, last_event_id, self)
+        bridge = self.bridge
+        self._base_limit = bridge.limits.max_stream_buffer_bytes
+        welcome = bridge.open_stream(cid, self.owner, last_event_id, self)
         self._connection_id = welcome["connectionId"]
-        self._burst_allowance = self._unflushed_bytes
+        self._limit = self._base_limit + self._unflushed_bytes
         self.settings["chatbridge_heartbeat"].ensure_started()
         await self._ended.wait()
 
@@ -131,19 +136,14 @@ class EventStreamHandler(ChatBridgeHandler):
     # -- FrameSink -------------------------------------------------------------------
 
     def send(self, frame_id: int | None, payload: bytes) -> None:
-        if self._ended.is_set():
+        if not self._live:
             return
-        if frame_id is not None:
-            line = sse_id_line(frame_id)
-            self.write(line)
-            self._unflushed_bytes += len(line)
-        self.write(payload)
-        self._unflushed_bytes += len(payload)
-        if self._burst_allowance is not None:  # None while the opening burst is written
-            limit = self.bridge.limits.max_stream_buffer_bytes + self._burst_allowance
-            if self._queued_bytes + self._unflushed_bytes > limit:
-                self._drop_slow_consumer()
-                return
+        chunk = payload if frame_id is None else sse_id_line(frame_id) + payload
+        self.write(chunk)
+        self._unflushed_bytes += len(chunk)
+        if self._queued_bytes + self._unflushed_bytes > self._limit:
+            self._drop_slow_consumer()
+            return
         self._batcher.mark(self)
 
     def _drop_slow_consumer(self) -> None:
@@ -152,45 +152,51 @@ class EventStreamHandler(ChatBridgeHandler):
             "it can resume with Last-Event-ID",
             self._connection_id,
             self._queued_bytes + self._unflushed_bytes,
-            self.bridge.limits.max_stream_buffer_bytes,
+            self._base_limit,
         )
-        self._ended.set()
+        self._end()
         self._release()
         # The socket is stuck, so nothing more can be said on it: close it outright.
         self.request.connection.stream.close()  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        if self._ended.is_set():
+        if not self._live:
             return
-        self._ended.set()
+        self._end()
         if not self._finished:
             self.finish(set_content_type="text/event-stream")
 
     # -- tornado hooks ----------------------------------------------------------------
 
     def flush_now(self) -> None:
-        if self._ended.is_set() or self.request.connection.stream.closed():  # type: ignore[attr-defined]
+        if not self._live or self.request.connection.stream.closed():  # type: ignore[attr-defined]
             return
         size, self._unflushed_bytes = self._unflushed_bytes, 0
         self._queued_bytes += size
-        self.flush().add_done_callback(lambda future: self._flushed(future, size))
+        self._flush_sizes.append(size)
+        self.flush().add_done_callback(self._flushed)
 
-    def _flushed(self, future: asyncio.Future[Any], size: int) -> None:
-        self._queued_bytes -= size
-        # Flushes complete in order: once the first one is out, so is the opening burst.
-        self._burst_allowance = 0
+    def _flushed(self, future: asyncio.Future[Any]) -> None:
+        # Flushes complete in order, so the oldest size is this one's; and once the
+        # first is out, so is the opening burst.
+        self._queued_bytes -= self._flush_sizes.popleft()
+        self._limit = self._base_limit
         _swallow_closed(future)
+
+    def _end(self) -> None:
+        self._live = False
+        self._ended.set()
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("set_content_type", self._headers.get("Content-Type", "application/json"))
         return super().finish(*args, **kwargs)
 
     def on_connection_close(self) -> None:
-        self._ended.set()
+        self._end()
         self._release()
 
     def on_finish(self) -> None:
-        self._ended.set()
+        self._end()
         self._release()
 
     def _release(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import NamedTuple
 
@@ -21,28 +22,38 @@ class ReplayResult(NamedTuple):
 
 
 class ReplayBuffer:
-    """The last `capacity` frames of one connection, oldest dropped first."""
+    """The last `capacity` frames of one connection, oldest dropped first.
+
+    Frame ids of one connection are contiguous, so only the payloads are kept
+    (plain bytes, which the garbage collector does not track: this buffer holds
+    a slot per delivery and must not make collections of the whole heap slower)
+    together with the id of the newest one.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("replay buffer capacity must be at least 1")
-        self._frames: deque[BufferedFrame] = deque(maxlen=capacity)
+        self._payloads: deque[bytes] = deque(maxlen=capacity)
+        self._last_id = 0
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._payloads)
 
     def append(self, frame_id: int, payload: bytes) -> None:
-        """Remember a frame; ids must grow by one each time."""
-        self._frames.append(BufferedFrame(frame_id, payload))
+        """Remember a frame; each id must be the previous one plus one."""
+        if frame_id != self._last_id + 1:
+            # Not contiguous (a new numbering): what is held no longer lines up with ids.
+            self._payloads.clear()
+        self._payloads.append(payload)
+        self._last_id = frame_id
 
     def since(self, last_event_id: int) -> ReplayResult:
         """Frames with id > `last_event_id`, in order; `gap` if any of them was already dropped."""
-        if not self._frames or last_event_id >= self._frames[-1].frame_id:
+        if not self._payloads or last_event_id >= self._last_id:
             return ReplayResult([], False)
-        oldest = self._frames[0].frame_id
+        oldest = self._last_id - len(self._payloads) + 1
         gap = last_event_id + 1 < oldest
-        if gap or last_event_id < oldest:
-            return ReplayResult(list(self._frames), gap)
-        # Ids are contiguous within the buffer, so the start index is arithmetic.
-        start = last_event_id - oldest + 1
-        return ReplayResult([self._frames[i] for i in range(start, len(self._frames))], False)
+        start = max(0, last_event_id - oldest + 1)
+        tail = itertools.islice(self._payloads, start, None)
+        frames = [BufferedFrame(frame_id, p) for frame_id, p in enumerate(tail, oldest + start)]
+        return ReplayResult(frames, gap)
