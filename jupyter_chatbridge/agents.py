@@ -18,7 +18,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from traitlets import Float, Unicode
+from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 
@@ -37,6 +37,10 @@ class Agent(LoggingConfigurable):
     """Base class of chat agents. Subclass it and implement `reply`."""
 
     session_id = Unicode(help="The session this agent answers in.")
+    settings = Dict(
+        help="The session's settings, as given when it was created (`POST sessions` "
+        "`settings`); kept across server restarts. What they mean is the agent's to decide."
+    )
 
     def reply(self, message: UserMessage) -> AsyncIterator[str]:
         """Yield the answer to `message` as text chunks (an async generator).
@@ -52,7 +56,8 @@ class Agent(LoggingConfigurable):
 
 class EchoAgent(Agent):
     """Echoes each message back word by word, so the whole streaming flow is visible
-    with nothing configured."""
+    with nothing configured. A session's `settings["prefix"]` (a string) replaces
+    the configured `prefix`."""
 
     chunk_delay = Float(0.05, help="Seconds between chunks, so the answer visibly streams.").tag(
         config=True
@@ -60,7 +65,8 @@ class EchoAgent(Agent):
     prefix = Unicode("Echo: ", help="Text that starts every answer.").tag(config=True)
 
     async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
-        yield self.prefix
+        prefix = self.settings.get("prefix")
+        yield prefix if isinstance(prefix, str) else self.prefix
         for chunk in re.findall(r"\S+\s*|\s+", message.text):
             if self.chunk_delay > 0:
                 await asyncio.sleep(self.chunk_delay)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 from typing import Any
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Float, Int, Type, default
+from traitlets import Bool, Float, Int, Type, Unicode, default
 
 from .agents import Agent, EchoAgent
 from .bridge import BridgeLimits, ChatBridge
@@ -15,6 +17,7 @@ from .client.discovery import ENV_TOKEN, ENV_URL
 from .clock import LoopScheduler
 from .handlers import default_handlers
 from .handlers.events import FlushBatcher, Heartbeat
+from .store import MEMORY, StoreError, open_store
 
 
 class ChatBridgeApp(ExtensionApp):
@@ -58,6 +61,19 @@ class ChatBridgeApp(ExtensionApp):
         help="Unsent bytes an event stream may queue for a client that stopped reading; "
         "past this the stream is dropped (the client resumes with Last-Event-ID).",
     ).tag(config=True)
+    store_path = Unicode(
+        help="The SQLite file that keeps sessions, their events (up to max_session_events), "
+        "send receipts and settings across server restarts. Default: "
+        "<jupyter data dir>/chatbridge/sessions.sqlite3. "
+        f'"{MEMORY}" keeps everything in memory only (lost on restart). '
+        "To start over, stop the server and delete the file (and its -wal/-shm companions).",
+    ).tag(config=True)
+    freeze_gc_after_start = Bool(
+        True,
+        help="Call gc.freeze() once the server has started, so that full garbage "
+        "collections skip the (long-lived) objects of start-up. This shortens the pauses "
+        "that delay event delivery under load; it affects the whole server process.",
+    ).tag(config=True)
     agent_class = Type(
         default_value=EchoAgent,
         klass=Agent,
@@ -65,6 +81,10 @@ class ChatBridgeApp(ExtensionApp):
     ).tag(config=True)
 
     bridge: ChatBridge
+
+    @default("store_path")
+    def _default_store_path(self) -> str:
+        return str(Path(jupyter_data_dir()) / "chatbridge" / "sessions.sqlite3")
 
     @default("static_paths")
     def _default_static_paths(self) -> list[str]:
@@ -85,7 +105,25 @@ class ChatBridgeApp(ExtensionApp):
             max_connections_per_user=self.max_connections_per_user,
             max_stream_buffer_bytes=self.max_stream_buffer_bytes,
         )
-        self.bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log)
+        try:
+            # A store that cannot be read or written stops the extension from loading
+            # (jupyter_server logs why): it must never start empty over existing data.
+            store = open_store(self.store_path)
+        except StoreError as exc:
+            self.log.error("%s", exc)
+            raise
+        bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log, store=store)
+        try:
+            restored = bridge.restore()
+        except Exception as exc:
+            store.close()  # releases the file for the next attempt
+            if isinstance(exc, StoreError):
+                self.log.error("%s", exc)
+            raise
+        self.bridge = bridge
+        self.log.info(
+            "chatbridge: sessions are kept in %s (%d restored)", store.description, restored
+        )
         self.heartbeat = Heartbeat(self.bridge, self.heartbeat_interval)
         self.settings.update(
             {
@@ -103,8 +141,16 @@ class ChatBridgeApp(ExtensionApp):
         """Once the server is bound, tell the kernels it starts where it is.
 
         Kernels inherit the server's environment; `client.discovery` reads these.
-        The token is exported but never logged.
+        The token is exported but never logged. Restored sessions with messages
+        accepted before a restart start answering them now that the loop runs.
         """
+        if not hasattr(self, "bridge"):
+            return  # the extension failed to load (see the log); nothing to start
+        self.bridge.resume_restored_runs()
+        if self.freeze_gc_after_start:
+            # Everything jupyter_server built at start-up lives as long as the process;
+            # without this every full collection walks it again (~200 ms pauses under load).
+            gc.freeze()
         exported = {ENV_URL: serverapp.connection_url}
         token = getattr(serverapp.identity_provider, "token", "")
         if token:
@@ -114,9 +160,12 @@ class ChatBridgeApp(ExtensionApp):
         self.log.info("chatbridge: kernels will find this server at %s", serverapp.connection_url)
 
     async def stop_extension(self) -> None:
-        """Stop agent runs and end every stream when the server stops."""
+        """Stop agent runs, end every stream and close the store when the server stops."""
+        if not hasattr(self, "bridge"):
+            return  # never loaded
         self.heartbeat.stop()
         await self.bridge.shutdown()
+        self.bridge.store.close()
         # Leave the process environment as we found it (several servers may share a process).
         for name, value in getattr(self, "_saved_environ", {}).items():
             if value is None:
@@ -124,6 +173,8 @@ class ChatBridgeApp(ExtensionApp):
             else:
                 os.environ[name] = value
 
-    def _make_agent(self, session_id: str) -> Agent:
-        agent: Agent = self.agent_class(parent=self, session_id=session_id, log=self.log)
+    def _make_agent(self, session_id: str, settings: dict[str, Any]) -> Agent:
+        agent: Agent = self.agent_class(
+            parent=self, session_id=session_id, settings=dict(settings), log=self.log
+        )
         return agent

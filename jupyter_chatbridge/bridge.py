@@ -9,7 +9,9 @@ requests can interleave inside one operation.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +42,16 @@ from .state import (
     StreamRegistry,
 )
 from .state.sessions import PendingInput
+from .store import MemoryStore, SessionStore, StoreError
+
+# The store's copy is trimmed to the in-memory window every this many events of a
+# session: one cheap range delete now and then instead of one per event.
+TRIM_EVERY = 256
+
+# A session's settings (`POST sessions` `settings`), serialised, at most this long.
+MAX_SETTINGS_BYTES = 16384
+
+INTERRUPTED_MESSAGE = "the server restarted during this answer"
 
 
 class FrameSink(Protocol):
@@ -113,7 +125,8 @@ class SendResult:
         }
 
 
-AgentFactory = Callable[[str], Agent]
+AgentFactory = Callable[[str, dict[str, Any]], Agent]
+"""Makes a session's agent from its id and settings."""
 
 
 class ChatBridge:
@@ -125,8 +138,10 @@ class ChatBridge:
         scheduler: Scheduler,
         agent_factory: AgentFactory,
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         self.limits = limits
+        self.store: SessionStore = store if store is not None else MemoryStore()
         self.scheduler = scheduler
         self.epoch = uuid.uuid4().hex[:16]
         self.log = log or logging.getLogger(__name__)
@@ -143,6 +158,9 @@ class ChatBridge:
         )
         self._sockets: dict[str, set[SessionSocket]] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
+        # Restored sessions with accepted but unanswered messages: their runs start
+        # once an event loop runs (see `resume_restored_runs`).
+        self._restored_runs: set[str] = set()
 
     # -- event streams ------------------------------------------------------------
 
@@ -238,6 +256,8 @@ class ChatBridge:
 
     def session(self, session_id: str) -> Session:
         """The session, or a 404 `session_unknown`."""
+        if self._restored_runs:
+            self.resume_restored_runs()
         session = self.sessions.get(session_id)
         if session is None:
             raise BridgeError(
@@ -245,20 +265,48 @@ class ChatBridge:
             )
         return session
 
-    def create_session(self, session_id: str | None) -> Session:
-        """Create a session (with a generated id when none is given)."""
+    def create_session(
+        self, session_id: str | None, settings: dict[str, Any] | None = None
+    ) -> Session:
+        """Create a session (with a generated id when none is given).
+
+        `settings` (a JSON object, at most `MAX_SETTINGS_BYTES` serialised) are kept
+        with the session and handed to its agent.
+        """
+        settings = self._checked_settings(settings)
         if len(self.sessions) >= self.limits.max_sessions:
             raise BridgeError(
                 429, ErrorCode.BUSY, f"too many sessions (limit {self.limits.max_sessions})"
             )
         try:
-            return self.sessions.create(
-                session_id or f"s-{uuid.uuid4().hex[:12]}", self.scheduler.now()
+            session = self.sessions.create(
+                session_id or f"s-{uuid.uuid4().hex[:12]}", self.scheduler.now(), settings
             )
         except SessionExists:
             raise BridgeError(
                 409, ErrorCode.SESSION_EXISTS, f"session {session_id!r} already exists"
             ) from None
+        # Wall-clock time: the scheduler's clock means nothing to the next process.
+        self.store.create_session(session.id, time.time(), session.settings)
+        return session
+
+    @staticmethod
+    def _checked_settings(settings: Any) -> dict[str, Any]:
+        if settings is None:
+            return {}
+        if not isinstance(settings, dict):
+            raise BridgeError(400, ErrorCode.BAD_REQUEST, "settings must be a JSON object")
+        try:
+            size = len(dumps(settings).encode("utf-8"))
+        except (TypeError, ValueError, UnicodeEncodeError):
+            raise BridgeError(400, ErrorCode.BAD_REQUEST, "settings must be plain JSON") from None
+        if size > MAX_SETTINGS_BYTES:
+            raise BridgeError(
+                400,
+                ErrorCode.BAD_REQUEST,
+                f"settings are over {MAX_SETTINGS_BYTES} bytes serialised",
+            )
+        return settings
 
     def delete_session(self, session_id: str) -> None:
         """End a session: stop its agent, tell watchers and driver, close its sockets."""
@@ -270,6 +318,8 @@ class ChatBridge:
         if session.driver is not None:
             self._notify_detached(session.driver, session.id, DetachReason.SESSION_ENDED)
         self.sessions.delete(session_id)
+        self.store.delete_session(session_id)
+        self._restored_runs.discard(session_id)
         for socket in self._sockets.pop(session_id, set()):
             socket.end(CloseCode.SESSION_UNKNOWN, "session ended")
         if session.agent is not None:
@@ -337,7 +387,13 @@ class ChatBridge:
         and belongs to `owner`: nobody can speak as another user's connection.
         """
         session = self.session(session_id)
-        if len(text.encode("utf-8")) > self.limits.max_message_bytes:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): not text
+            raise BridgeError(
+                400, ErrorCode.BAD_REQUEST, "text is not valid Unicode (lone surrogate)"
+            ) from None
+        if size > self.limits.max_message_bytes:
             raise BridgeError(
                 413,
                 ErrorCode.TOO_LARGE,
@@ -364,6 +420,7 @@ class ChatBridge:
         )
         receipt = SendReceipt(session_id, client_msg_id, event.seq)
         session.log.remember(receipt)
+        self.store.remember(receipt)
         session.pending.append(PendingInput(event.seq, client_msg_id, text, connection_id))
         self._ensure_runner(session)
         return SendResult(receipt, duplicate=False)
@@ -385,6 +442,111 @@ class ChatBridge:
             sockets.discard(socket)
             if not sockets:
                 del self._sockets[session_id]
+
+    # -- durability -------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Rebuild the sessions a previous server process stored; returns how many.
+
+        An answer the restart cut short is closed with an `error` event and its
+        `message_end`, so no client waits on it forever; user messages that were
+        accepted but never answered are queued for the agent again (their runs
+        start with `resume_restored_runs`).
+        """
+        stored_sessions = self.store.load()
+        for stored in stored_sessions:
+            session = self.sessions.create(stored.id, self.scheduler.now(), stored.settings)
+            session.log.load(stored.events, stored.last_seq, stored.receipts)
+            self._recover_answers(session)
+            # The limits may have shrunk since: the store keeps what memory keeps.
+            self.store.trim(session.id, session.log.first_seq, session.log.first_receipt_seq)
+        if len(self.sessions) > self.limits.max_sessions:
+            self.log.warning(
+                "chatbridge: restored %d sessions, over max_sessions (%d); "
+                "none is dropped, new ones are refused until some are deleted",
+                len(self.sessions),
+                self.limits.max_sessions,
+            )
+        return len(stored_sessions)
+
+    def _recover_answers(self, session: Session) -> None:
+        """Close an answer cut by the restart; queue accepted messages never answered."""
+        open_answer: str | None = None
+        open_has_error = False
+        answered = 0  # the highest user-message seq an answer was started for
+        user_messages: list[LoggedEvent] = []
+        for event in session.log.after(0):
+            # Only the few control events are parsed; deltas are skipped by type.
+            if event.type == EventType.MESSAGE_START:
+                start = json.loads(event.data)
+                open_answer, open_has_error = start.get("messageId"), False
+                reply_to = start.get("replyTo")
+                if isinstance(reply_to, int):
+                    answered = max(answered, reply_to)
+            elif event.type == EventType.MESSAGE_END:
+                open_answer = None
+            elif event.type == EventType.ERROR and open_answer is not None:
+                open_has_error = True
+            elif event.type == EventType.USER_MESSAGE:
+                user_messages.append(event)
+        if open_answer is not None:
+            self.log.warning(
+                "chatbridge: session %s: closing answer %s, cut short by the restart",
+                session.id,
+                open_answer,
+            )
+            if not open_has_error:
+                self._publish(
+                    session,
+                    EventType.ERROR,
+                    {"message": INTERRUPTED_MESSAGE, "messageId": open_answer},
+                )
+            self._publish(session, EventType.MESSAGE_END, {"messageId": open_answer})
+        for event in user_messages:
+            if event.seq <= answered:
+                continue
+            body = json.loads(event.data)
+            session.pending.append(
+                PendingInput(event.seq, body["clientMsgId"], body["text"], body.get("connectionId"))
+            )
+        if session.pending:
+            self._restored_runs.add(session.id)
+
+    def resume_restored_runs(self) -> None:
+        """Start the agent runs of restored sessions with unanswered messages.
+
+        Needs a running event loop: the app calls it once the server starts, and
+        any request does it lazily (in-process servers never run the start hook).
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        waiting, self._restored_runs = self._restored_runs, set()
+        for session_id in sorted(waiting):
+            session = self.sessions.get(session_id)
+            if session is not None and session.pending:
+                self.log.info(
+                    "chatbridge: session %s: answering %d messages accepted before the restart",
+                    session_id,
+                    len(session.pending),
+                )
+                self._ensure_runner(session)
+
+    async def commit(self) -> None:
+        """Wait until everything so far is durable; a store failure is a 503 to the caller.
+
+        A `202 accepted` is only sent after this, so it means the message survives a crash.
+        """
+        try:
+            await self.store.flush()
+        except StoreError as exc:
+            raise BridgeError(
+                503,
+                ErrorCode.BUSY,
+                f"not saved durably yet; retry the same request: {exc}",
+                retry_after=self.limits.busy_retry_after,
+            ) from None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -409,6 +571,10 @@ class ChatBridge:
     def _publish(self, session: Session, event_type: str, fields: dict[str, Any]) -> LoggedEvent:
         """Log a session event and fan it out: serialised once, shared by every receiver."""
         event = session.log.append(event_type, fields)
+        # Memory serves fan-out and history; the store only records (a queue.put).
+        self.store.append(session.id, event)
+        if event.seq % TRIM_EVERY == 0:
+            self.store.trim(session.id, session.log.first_seq, session.log.first_receipt_seq)
         if session.watchers:
             payload = sse_payload(event.type, event.data)
             get = self.connections.get
@@ -464,7 +630,7 @@ class ChatBridge:
         )
         try:
             if session.agent is None:
-                session.agent = self._agent_factory(session.id)
+                session.agent = self._agent_factory(session.id, session.settings)
             user_message = UserMessage(
                 session.id, message.seq, message.client_msg_id, message.text, message.connection_id
             )

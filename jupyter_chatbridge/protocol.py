@@ -17,6 +17,7 @@ PROTOCOL_VERSION: Final = 1
 CID_PREFIX: Final = "cid-"
 CONN_PREFIX: Final = "conn-"
 
+# Always `fullmatch` these: with `match`, `$` also matches before a trailing newline.
 _CID_RE: Final = re.compile(
     r"^cid-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE
 )
@@ -85,7 +86,7 @@ class DetachReason:
 
 def normalize_cid(value: str) -> str | None:
     """Return the canonical (lower-case) cid, or None if `value` is not a valid cid."""
-    if not _CID_RE.match(value):
+    if not _CID_RE.fullmatch(value):
         return None
     return value.lower()
 
@@ -107,12 +108,12 @@ def new_conn_id() -> str:
 
 def is_valid_session_id(value: object) -> bool:
     """True if `value` is a session id as the contract defines it."""
-    return isinstance(value, str) and _SESSION_ID_RE.match(value) is not None
+    return isinstance(value, str) and _SESSION_ID_RE.fullmatch(value) is not None
 
 
 def is_valid_client_msg_id(value: object) -> bool:
     """True if `value` is a clientMsgId: 1 to 128 printable ASCII characters, no whitespace."""
-    return isinstance(value, str) and _CLIENT_MSG_ID_RE.match(value) is not None
+    return isinstance(value, str) and _CLIENT_MSG_ID_RE.fullmatch(value) is not None
 
 
 def client_id(connection_id: str, session_id: str) -> str:

@@ -33,6 +33,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
 @pytest.fixture
 def jp_server_config(clock: FakeScheduler, request: pytest.FixtureRequest) -> Config:
     traits: dict[str, Any] = {"inactive_ttl": 60.0, "heartbeat_interval": 15.0}
+    traits["store_path"] = ":memory:"  # durable-store tests: test_store.py, test_restart.py
     marker = request.node.get_closest_marker("chatbridge")
     if marker is not None:
         traits.update(marker.kwargs)

@@ -34,8 +34,11 @@ class ServerProcess:
         self.log = root / "server.log"
         self._log_file: IO[Any] | None = None
 
-    async def start(self, timeout: float = 30) -> None:
+    async def start(self, timeout: float = 30, ready: str = "chatbridge/api/sessions") -> None:
+        """Start the server and wait until `ready` (a path under the server) answers 200."""
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.root / "runtime")}
+        # The default session store lives in the data dir: keep it in this test's root.
+        env["JUPYTER_DATA_DIR"] = str(self.root / "data")
         env.pop("JUPYTER_CHATBRIDGE_URL", None)
         self._log_file = self.log.open("ab")
         command = [
@@ -61,7 +64,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
                 response = await client.fetch(
-                    f"{self.url}chatbridge/api/sessions",
+                    f"{self.url}{ready}",
                     headers={"Authorization": f"token {self.token}"},
                     raise_error=False,
                 )

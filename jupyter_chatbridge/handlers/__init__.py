@@ -13,6 +13,7 @@ from .api import (
 )
 from .events import EventStreamHandler
 from .page import ChatPageHandler
+from .spec import OpenApiHandler
 from .websocket import SessionSocketHandler
 
 SESSION_ID = r"(?P<session_id>[^/]+)"
@@ -33,4 +34,5 @@ def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
             {},
         ),
         ("chatbridge/api/send", SendHandler, {}),
+        (r"chatbridge/api/openapi\.yaml", OpenApiHandler, {}),
     ]

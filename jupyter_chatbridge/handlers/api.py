@@ -10,7 +10,7 @@ from tornado import web
 from ..bridge import BridgeError
 from ..protocol import ErrorCode, is_valid_client_msg_id, is_valid_session_id
 from ..testing import Fault
-from .base import ChatBridgeHandler, bad_request
+from .base import ChatBridgeHandler, bad_request, canonical_connection_id
 
 MAX_HISTORY_PAGE = 10000
 
@@ -34,7 +34,7 @@ def _query_int(handler: ChatBridgeHandler, name: str, default: int | None) -> in
     raw = handler.get_query_argument(name, None)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise bad_request(f"{name} must be a non-negative integer")
     return int(raw)
 
@@ -49,12 +49,14 @@ class SessionsHandler(ChatBridgeHandler):
 
     @web.authenticated
     @authorized
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.json_body()
         session_id = body.get("sessionId")
         if session_id is not None and not is_valid_session_id(session_id):
             raise bad_request("sessionId must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-        session = self.bridge.create_session(session_id)
+        # Optional agent settings: a JSON object, bounded (the bridge checks it).
+        session = self.bridge.create_session(session_id, body.get("settings"))
+        await self.bridge.commit()  # a 201 means the session survives a restart
         self.log.info("chatbridge: session %s created", session.id)
         self.write_json(201, session.describe())
 
@@ -66,12 +68,13 @@ class SessionHandler(ChatBridgeHandler):
     @authorized
     def get(self, session_id: str) -> None:
         session = self.bridge.session(_session_id_from_path(session_id))
-        self.write_json(200, session.describe())
+        self.write_json(200, session.describe(with_settings=True))
 
     @web.authenticated
     @authorized
-    def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str) -> None:
         self.bridge.delete_session(_session_id_from_path(session_id))
+        await self.bridge.commit()  # a 204 means it stays deleted after a restart
         self.log.info("chatbridge: session %s deleted", session_id)
         self.set_status(204)
         self.finish()
@@ -102,7 +105,7 @@ class ConnectionActionHandler(ChatBridgeHandler):
         # sendBeacon cannot set headers, so suspend also takes the id as a query parameter.
         connection_id = self.connection_id_header()
         if connection_id is None and action == "suspend":
-            connection_id = self.get_query_argument("connectionId", None)
+            connection_id = canonical_connection_id(self.get_query_argument("connectionId", None))
         body = self.json_body()
         session_id = self.body_session_id(body)
         connection = self.bridge.connection_for(connection_id, self.owner)
@@ -130,7 +133,7 @@ class SendHandler(ChatBridgeHandler):
 
     @web.authenticated
     @authorized
-    def post(self) -> None:
+    async def post(self) -> None:
         limit = self.bridge.limits.max_message_bytes
         # JSON escapes can take six bytes per character; anything beyond that is
         # over the limit whatever it decodes to, so don't parse it.
@@ -151,6 +154,9 @@ class SendHandler(ChatBridgeHandler):
         result = self.bridge.send(
             session_id, client_msg_id, text, self.connection_id_header(), self.owner
         )
+        # "Accepted" means durable: wait for the group commit (a duplicate too, since
+        # its first answer may have been a 503 whose write is still being retried).
+        await self.bridge.commit()
         if fault is not None:
             self._inject(fault)
             return

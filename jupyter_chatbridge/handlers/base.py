@@ -15,7 +15,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..bridge import BridgeError, ChatBridge
-from ..protocol import ErrorCode, dumps, is_valid_session_id
+from ..protocol import ErrorCode, dumps, is_valid_session_id, normalize_cid
 
 AUTH_RESOURCE = "chatbridge"
 
@@ -33,6 +33,14 @@ _STATUS_CODES = {
     413: ErrorCode.TOO_LARGE,
     429: ErrorCode.BUSY,
 }
+
+
+def canonical_connection_id(raw: str | None) -> str | None:
+    """A connection id as the client sent it, with a cid in the canonical lower case
+    the server holds it in (a cid is case-insensitive); None for none."""
+    if not raw:
+        return None
+    return normalize_cid(raw) or raw
 
 
 def bad_request(message: str) -> BridgeError:
@@ -105,13 +113,13 @@ class ChatBridgeHandler(BridgeHandlerMixin, APIHandler):
 
     def connection_id_header(self) -> str | None:
         """The connection a REST call acts for (`X-Connection-ID`)."""
-        return self.request.headers.get("X-Connection-ID") or None
+        return canonical_connection_id(self.request.headers.get("X-Connection-ID"))
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object, or a 400."""
         try:
             body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is not JSON we take
             raise bad_request("request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise bad_request("request body must be a JSON object")

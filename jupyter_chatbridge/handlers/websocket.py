@@ -45,7 +45,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
             raise bad_request("not a valid session id")
         raw_after = self.get_query_argument("afterSeq", None)
         if raw_after is not None:
-            if not raw_after.isdigit() or len(raw_after) > 18:
+            if not (raw_after.isascii() and raw_after.isdigit()) or len(raw_after) > 18:
                 raise bad_request("afterSeq must be a non-negative integer")
             self._after_seq = int(raw_after)
         self._session_id = session_id
@@ -65,10 +65,11 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         self.bridge.add_socket(session_id, self, self._after_seq)
         self._registered = True
 
-    def on_message(self, message: str | bytes) -> None:
+    async def on_message(self, message: str | bytes) -> None:
+        # A coroutine: tornado reads the next frame only after this one is acked, in order.
         try:
             frame = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is not JSON we take
             self._nack(None, "frame is not valid JSON", ErrorCode.BAD_REQUEST)
             return
         if not isinstance(frame, dict):
@@ -94,6 +95,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
             return
         try:
             result = self.bridge.send(self._session_id, echo_id, text, None)
+            await self.bridge.commit()  # an ack means durable, as a 202 does
         except BridgeError as error:
             self._nack(echo_id, error.message, error.code)
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from ..protocol import dumps
@@ -43,6 +44,38 @@ class EventLog:
     def first_seq(self) -> int:
         """The seq of the oldest event still held (last_seq + 1 when empty)."""
         return self._events[0].seq if self._events else self._last_seq + 1
+
+    @property
+    def first_receipt_seq(self) -> int:
+        """The seq of the oldest receipt still remembered (last_seq + 1 when none).
+
+        Receipts are remembered in seq order, so the oldest is the first.
+        """
+        for receipt in self._receipts.values():
+            return receipt.seq
+        return self._last_seq + 1
+
+    def load(
+        self, events: Iterable[LoggedEvent], last_seq: int, receipts: Iterable[SendReceipt]
+    ) -> None:
+        """Restore what a store kept: the retained events, the last seq and the receipts.
+
+        Only the newest contiguous run of events ending at `last_seq` is kept, so
+        `after` stays exact even if the stored tail had a hole; limits apply as usual.
+        """
+        tail: list[LoggedEvent] = []
+        expected = last_seq
+        for event in reversed(list(events)):
+            if event.seq != expected or len(tail) == self._events.maxlen:
+                break
+            tail.append(event)
+            expected -= 1
+        self._events.clear()
+        self._events.extend(reversed(tail))
+        self._last_seq = last_seq
+        self._receipts.clear()
+        for receipt in sorted(receipts, key=lambda r: r.seq):
+            self.remember(receipt)
 
     def append(self, event_type: str, fields: dict[str, Any]) -> LoggedEvent:
         """Add an event with the next seq; `fields` are the type-specific members."""

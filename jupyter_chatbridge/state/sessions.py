@@ -43,20 +43,25 @@ class Session:
     running: bool = False
     pending: deque[PendingInput] = field(default_factory=deque)
     agent: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The agent settings given at creation (kept by the store, handed to the agent)."""
 
     @property
     def driver_client_id(self) -> str | None:
         """The ownership key `<connectionId>:<sessionId>` of the driver, if any."""
         return client_id(self.driver, self.id) if self.driver else None
 
-    def describe(self) -> dict[str, Any]:
-        """The session as `GET chatbridge/api/sessions/{id}` answers it."""
-        return {
+    def describe(self, *, with_settings: bool = False) -> dict[str, Any]:
+        """The session as the REST API answers it; `GET sessions/{id}` adds its settings."""
+        described = {
             "sessionId": self.id,
             "lastSeq": self.log.last_seq,
             "running": self.running,
             "driver": self.driver_client_id,
         }
+        if with_settings:
+            described["settings"] = self.settings
+        return described
 
 
 class SessionRegistry:
@@ -82,12 +87,14 @@ class SessionRegistry:
         """The session with this id, or None."""
         return self._sessions.get(session_id)
 
-    def create(self, session_id: str, now: float) -> Session:
+    def create(
+        self, session_id: str, now: float, settings: dict[str, Any] | None = None
+    ) -> Session:
         """Add a new, empty session."""
         if session_id in self._sessions:
             raise SessionExists(session_id)
         log = EventLog(session_id, max_events=self._max_events, max_receipts=self._max_receipts)
-        session = Session(id=session_id, log=log, created=now)
+        session = Session(id=session_id, log=log, created=now, settings=dict(settings or {}))
         self._sessions[session_id] = session
         return session
 
