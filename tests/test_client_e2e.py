@@ -4,6 +4,7 @@ session-unknown fast path. The client runs on its own fake clock."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -389,3 +390,39 @@ async def test_kernels_can_discover_the_server(
     monkeypatch.setenv("JPY_PARENT_PID", "1")
     with pytest.raises(ServerNotFound, match="server_url="):
         discover_server()
+
+
+async def test_a_rewound_history_is_followed_not_skipped(
+    make_client: ClientFactory, bridge: ChatBridge, client_clock: FakeScheduler
+) -> None:
+    """A server that crashed before committing its newest events reuses their seqs:
+    the client must deliver the new events under those seqs, not drop them as seen."""
+    statuses: list[StatusChange] = []
+    frames: list[tuple[str, dict]] = []
+    client = make_client(on_status=statuses.append, on_frame=lambda k, d: frames.append((k, d)))
+    session = await client.session("s1")
+    received: list[dict] = []
+    session.add_listener(received.append)
+    await session.ask("one two three")  # seqs 1..7
+    bridge.streams.get(client.cid).close()
+    await eventually(lambda: client.stream.status is ConnectionStatus.RECONNECTING)
+    # The "new process": same session id, history only up to seq 2.
+    bridge.epoch = "after-crash"
+    old = bridge.sessions.delete("s1")
+    fresh = bridge.sessions.create("s1", 0)
+    for event in old.log.after(0, 2):
+        fresh.log.append(
+            event.type,
+            {
+                k: v
+                for k, v in json.loads(event.data).items()
+                if k not in ("type", "sessionId", "seq")
+            },
+        )
+    await _reconnect(client, client_clock, statuses)
+    await eventually(lambda: any(kind == "rewound" for kind, _ in frames))
+    assert ("rewound", {"sessionId": "s1", "lastSeq": 2, "delivered": 7}) in frames
+    await client.send_and_wait("s1", "again")
+    await eventually(lambda: received[-1]["type"] == "message_end" and received[-1]["seq"] == 7)
+    assert [e["seq"] for e in received] == [1, 2, 3, 4, 5, 6, 7, 3, 4, 5, 6, 7]
+    assert received[7]["type"] == "user_message" and received[7]["text"] == "again"

@@ -309,14 +309,28 @@ class EventStream:
                 return
 
     async def _post_watch(self, session_id: str) -> int:
-        last = self._watched.get(session_id, -1)
-        body: dict[str, Any] = {"sessionId": session_id}
-        if last >= 0:
-            body["afterSeq"] = last
-        answer = await self._connection_call("watch", body)
-        last_seq = answer.get("lastSeq") if isinstance(answer, dict) else None
-        if not isinstance(last_seq, int):
-            last_seq = -1
+        last_seq = -1
+        for _ in range(2):
+            last = self._watched.get(session_id, -1)
+            body: dict[str, Any] = {"sessionId": session_id}
+            if last >= 0:
+                body["afterSeq"] = last
+            answer = await self._connection_call("watch", body)
+            found = answer.get("lastSeq") if isinstance(answer, dict) else None
+            last_seq = found if isinstance(found, int) else -1
+            if last < 0 or last_seq >= last:
+                break
+            # The server's history ends before what we delivered: it lost its newest
+            # events in a crash and will reuse their seqs. Follow it from its last seq
+            # (watching again, so nothing it sends meanwhile is skipped) and say so.
+            log.warning(
+                "chatbridge: session %s rewound from seq %d to %d", session_id, last, last_seq
+            )
+            self._watched[session_id] = last_seq
+            self._resyncing.add(session_id)
+            self._on_frame(
+                "rewound", {"sessionId": session_id, "lastSeq": last_seq, "delivered": last}
+            )
         self._unconfirmed.discard(session_id)
         self._resyncing.discard(session_id)
         if self._watched.get(session_id) == -1:
