@@ -161,6 +161,7 @@ class ChatBridge:
         # Restored sessions with accepted but unanswered messages: their runs start
         # once an event loop runs (see `resume_restored_runs`).
         self._restored_runs: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- event streams ------------------------------------------------------------
 
@@ -656,5 +657,8 @@ class ChatBridge:
         except RuntimeError:
             coro.close()
             return
+        # The loop keeps only a weak reference to tasks: hold one until it is done.
         task = loop.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
