@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -88,7 +87,8 @@ class EventStreamHandler(ChatBridgeHandler):
 
     def initialize(self) -> None:
         self._connection_id: str | None = None
-        self._ended = asyncio.Event()
+        # Resolved when the stream ends (a Future: lighter than an Event per idle stream).
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._live = True
         # Looked up once: `send` runs for every delivery to this stream.
         self._batcher: FlushBatcher = self.settings["chatbridge_flusher"]
@@ -96,7 +96,7 @@ class EventStreamHandler(ChatBridgeHandler):
         # reading makes this grow, and past the limit it is dropped (it can resume).
         self._unflushed_bytes = 0
         self._queued_bytes = 0
-        self._flush_sizes: deque[int] = deque()
+        self._flush_sizes: list[int] = []  # one or two in flight: a list is lighter
         # No limit while the welcome and replay burst is written; that burst is then
         # allowed on top of the limit until its flush has completed.
         self._limit = sys.maxsize
@@ -125,7 +125,7 @@ class EventStreamHandler(ChatBridgeHandler):
         self._connection_id = welcome["connectionId"]
         self._limit = self._base_limit + self._unflushed_bytes
         self.settings["chatbridge_heartbeat"].ensure_started()
-        await self._ended.wait()
+        await self._ended
 
     def _last_event_id(self) -> int | None:
         # Both forms are checked when both are given (a malformed one is a 400); the header wins.
@@ -179,13 +179,14 @@ class EventStreamHandler(ChatBridgeHandler):
     def _flushed(self, future: asyncio.Future[Any]) -> None:
         # Flushes complete in order, so the oldest size is this one's; and once the
         # first is out, so is the opening burst.
-        self._queued_bytes -= self._flush_sizes.popleft()
+        self._queued_bytes -= self._flush_sizes.pop(0)
         self._limit = self._base_limit
         _swallow_closed(future)
 
     def _end(self) -> None:
         self._live = False
-        self._ended.set()
+        if not self._ended.done():
+            self._ended.set_result(None)
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("set_content_type", self._headers.get("Content-Type", "application/json"))

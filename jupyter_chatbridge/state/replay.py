@@ -33,15 +33,19 @@ class ReplayBuffer:
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("replay buffer capacity must be at least 1")
-        self._payloads: deque[bytes] = deque(maxlen=capacity)
+        self._capacity = capacity
+        # Made on the first frame: an idle connection should cost as little as possible.
+        self._payloads: deque[bytes] | None = None
         self._last_id = 0
 
     def __len__(self) -> int:
-        return len(self._payloads)
+        return len(self._payloads) if self._payloads is not None else 0
 
     def append(self, frame_id: int, payload: bytes) -> None:
         """Remember a frame; each id must be the previous one plus one."""
-        if frame_id != self._last_id + 1:
+        if self._payloads is None:
+            self._payloads = deque(maxlen=self._capacity)
+        elif frame_id != self._last_id + 1:
             # Not contiguous (a new numbering): what is held no longer lines up with ids.
             self._payloads.clear()
         self._payloads.append(payload)
@@ -49,7 +53,7 @@ class ReplayBuffer:
 
     def since(self, last_event_id: int) -> ReplayResult:
         """Frames with id > `last_event_id`, in order; `gap` if any of them was already dropped."""
-        if not self._payloads or last_event_id >= self._last_id:
+        if self._payloads is None or not self._payloads or last_event_id >= self._last_id:
             return ReplayResult([], False)
         oldest = self._last_id - len(self._payloads) + 1
         gap = last_event_id + 1 < oldest
