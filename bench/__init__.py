@@ -1,0 +1,1 @@
+"""jupyter_chatbridge benchmark suite: `python -m bench` (see bench/README.md)."""
