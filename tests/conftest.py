@@ -55,6 +55,18 @@ def bridge(jp_serverapp: Any) -> ChatBridge:
 
 
 @pytest.fixture
+def server_url(jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str) -> str:
+    """The running server's URL, base_url included, as a client is given it."""
+    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
+
+
+@pytest.fixture
+def token(jp_serverapp: Any) -> str:
+    """The running server's token."""
+    return str(jp_serverapp.identity_provider.token)
+
+
+@pytest.fixture
 def api(jp_fetch: Any) -> Api:
     """REST calls that return (status, json) instead of raising on 4xx."""
     return Api(jp_fetch)

@@ -23,11 +23,6 @@ from .agents import BurstAgent
 from .support import StreamFactory, eventually, new_cid
 
 
-@pytest.fixture
-def server_url(jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str) -> str:
-    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
-
-
 class SelfAdvancingClient:
     """A client on a fake clock that moves the moment the client starts a wait."""
 

@@ -80,16 +80,6 @@ WidgetFactory = Callable[..., ChatWidget]
 
 
 @pytest.fixture
-def server_url(jp_serverapp: Any, http_server: Any, jp_http_port: int, jp_base_url: str) -> str:
-    return f"http://127.0.0.1:{jp_http_port}{jp_base_url}"
-
-
-@pytest.fixture
-def token(jp_serverapp: Any) -> str:
-    return str(jp_serverapp.identity_provider.token)
-
-
-@pytest.fixture
 def widget_clock() -> ThreadedClock:
     return ThreadedClock()
 
