@@ -14,6 +14,7 @@ import pytest
 from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.client import (
     AsyncChatClient,
+    AsyncSession,
     ChatClient,
     ConnectionStatus,
     OutboxFull,
@@ -61,6 +62,18 @@ def gate() -> Iterator[asyncio.Event]:
     GateAgent.gate.set()
 
 
+async def _watching(
+    make_client: ClientFactory, **options: Any
+) -> tuple[AsyncChatClient, AsyncSession, list[StatusChange], list[dict]]:
+    """A client watching session "s1", recording its status changes and the events."""
+    statuses: list[StatusChange] = []
+    client = make_client(on_status=statuses.append, **options)
+    session = await client.session("s1")
+    received: list[dict] = []
+    session.add_listener(received.append)
+    return client, session, statuses, received
+
+
 def _seqs(events: list[dict]) -> list[int]:
     return [e["seq"] for e in events]
 
@@ -89,11 +102,7 @@ async def test_stream_cut_mid_answer_delivers_every_event_exactly_once_in_order(
     client_clock: FakeScheduler,
     gate: asyncio.Event,
 ) -> None:
-    statuses: list[StatusChange] = []
-    client = make_client(on_status=statuses.append)
-    session = await client.session("s1")
-    received: list[dict] = []
-    session.add_listener(received.append)
+    client, session, statuses, received = await _watching(make_client)
     await session.send_and_wait("first")
     await eventually(lambda: any(e["type"] == "block_delta" for e in received))
     cid = client.cid
@@ -131,11 +140,7 @@ async def _last_seq(client: AsyncChatClient, sid: str, at_least: int) -> int:
 async def test_gap_is_recovered_by_rewatching_after_the_last_seq(
     make_client: ClientFactory, bridge: ChatBridge, client_clock: FakeScheduler
 ) -> None:
-    statuses: list[StatusChange] = []
-    client = make_client(on_status=statuses.append)
-    session = await client.session("s1")
-    received: list[dict] = []
-    session.add_listener(received.append)
+    client, session, statuses, received = await _watching(make_client)
     await session.ask("one")
     bridge.streams.get(client.cid).close()
     await eventually(lambda: client.stream.status is ConnectionStatus.RECONNECTING)
@@ -153,11 +158,7 @@ async def test_gap_is_recovered_by_rewatching_after_the_last_seq(
 async def test_new_epoch_makes_the_client_rewatch(
     make_client: ClientFactory, bridge: ChatBridge, client_clock: FakeScheduler
 ) -> None:
-    statuses: list[StatusChange] = []
-    client = make_client(on_status=statuses.append)
-    session = await client.session("s1")
-    received: list[dict] = []
-    session.add_listener(received.append)
+    client, session, statuses, received = await _watching(make_client)
     await session.ask("one")
     # What a restart looks like to a client: new epoch, connection state gone.
     bridge.epoch = "restarted"
@@ -387,12 +388,10 @@ async def test_a_rewound_history_is_followed_not_skipped(
 ) -> None:
     """A server that crashed before committing its newest events reuses their seqs:
     the client must deliver the new events under those seqs, not drop them as seen."""
-    statuses: list[StatusChange] = []
     frames: list[tuple[str, dict]] = []
-    client = make_client(on_status=statuses.append, on_frame=lambda k, d: frames.append((k, d)))
-    session = await client.session("s1")
-    received: list[dict] = []
-    session.add_listener(received.append)
+    client, session, statuses, received = await _watching(
+        make_client, on_frame=lambda k, d: frames.append((k, d))
+    )
     await session.ask("one two three")  # seqs 1..7
     bridge.streams.get(client.cid).close()
     await eventually(lambda: client.stream.status is ConnectionStatus.RECONNECTING)

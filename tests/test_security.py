@@ -181,3 +181,36 @@ async def test_the_token_never_reaches_the_log(
     stream.cut()
     assert caplog.records
     assert all(token not in record.getMessage() for record in caplog.records)
+
+
+async def test_send_beacon_suspend_passes_connection_and_xsrf_in_the_query(
+    jp_serverapp: Any,
+    http_server: Any,
+    jp_http_port: int,
+    jp_base_url: str,
+    api: Api,
+    streams: StreamFactory,
+    bridge: ChatBridge,
+) -> None:
+    """navigator.sendBeacon can set no header: a cookie-logged-in page suspends its
+    session with `connectionId` and `_xsrf` as query parameters and a text/plain body."""
+    from tornado.httpclient import AsyncHTTPClient
+
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    cid = new_cid()
+    await streams.open(cid)
+    await api.ok("POST", "attach", body={"sessionId": "s1"}, headers={"X-Connection-ID": cid})
+    cookies = await _cookie_login(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    url = f"http://localhost:{jp_http_port}{jp_base_url}chatbridge/api/suspend?connectionId={cid}"
+    beacon = {
+        "method": "POST",
+        "body": '{"sessionId": "s1"}',
+        "headers": {"Cookie": cookie, "Content-Type": "text/plain;charset=UTF-8"},
+        "raise_error": False,
+    }
+    client = AsyncHTTPClient()
+    refused = await client.fetch(url, **beacon)
+    assert refused.code == 403 and not bridge.sessions.get("s1").suspended
+    accepted = await client.fetch(f"{url}&_xsrf={cookies['_xsrf']}", **beacon)
+    assert accepted.code == 204 and bridge.sessions.get("s1").suspended

@@ -12,7 +12,7 @@ from ..protocol import EventType
 from .discovery import discover_server
 from .outbox import Outbox, OutboxEvent, SendResponse
 from .policy import MAX_QUEUED_SENDS, MAX_SEND_RETRIES, RETRY_DELAY
-from .stream import DEFAULT_IDLE_TIMEOUT, EventStream, StatusChange
+from .stream import DEFAULT_IDLE_TIMEOUT, EventStream, StatusChange, _noop
 from .transport import HTTPStatusError, HttpTransport
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ class AgentError(Exception):
 
 class SessionLost(Exception):
     """The session ended or no longer exists."""
-
-
-def _noop(*_: Any) -> None:
-    return None
 
 
 class AsyncChatClient:

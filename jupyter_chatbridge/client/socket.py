@@ -22,7 +22,7 @@ from ..clock import LoopScheduler, Scheduler, sleep
 from ..protocol import CloseCode, EventType
 from .outbox import new_client_msg_id
 from .policy import ReconnectPolicy, Verdict, classify
-from .stream import ConnectionStatus, StatusChange, StreamClosed
+from .stream import ConnectionStatus, StatusChange, StreamClosed, _noop
 from .transport import HttpTransport
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 
 class SessionUnknown(StreamClosed):
     """The session does not exist (any more)."""
-
-
-def _noop(*_: Any) -> None:
-    return None
 
 
 class SessionSocket:

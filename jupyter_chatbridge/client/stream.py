@@ -60,6 +60,7 @@ class StreamClosed(RuntimeError):
 
 
 def _noop(*_: Any) -> None:
+    """The default for every optional callback of the client."""
     return None
 
 
