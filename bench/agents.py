@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 
 from traitlets import Int
 
-from jupyter_chatbridge.agents import Agent, UserMessage
+from jupyter_chatbridge.server.agents import Agent, UserMessage
 
 # Every burst chunk has the same size as the baselines' chunks (see bench/common.py).
 CHUNK_TEXT = "chunk-xxxxxxxxxxxxxxxxxxxxxxxxxx"

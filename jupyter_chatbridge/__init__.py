@@ -1,9 +1,11 @@
 """jupyter_chatbridge: dependable chat and agent sessions from Jupyter.
 
-The server extension is `ChatBridgeApp`; the Python client lives in
-`jupyter_chatbridge.client` and imports nothing from jupyter_server; the
-notebook panel is `ChatWidget` (ipywidgets). Heavy names are loaded lazily so
-that importing the client stays light.
+The package is laid out by who runs the code (see the README's Layout):
+`protocol` (the wire contract and the client rules), `server` (the
+jupyter-server extension, `ChatBridgeApp`), `client` (the Python client; it
+imports nothing from jupyter_server) and `ui` (the notebook panel,
+`ChatWidget`, and the browser page). Heavy names are loaded lazily so that
+importing the client stays light.
 """
 
 from __future__ import annotations
@@ -16,22 +18,22 @@ __all__ = ["Agent", "ChatBridgeApp", "ChatWidget", "EchoAgent", "UserMessage", "
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .app import ChatBridgeApp
+    from .server.app import ChatBridgeApp
 
-    return [{"module": "jupyter_chatbridge.app", "app": ChatBridgeApp}]
+    return [{"module": "jupyter_chatbridge.server.app", "app": ChatBridgeApp}]
 
 
 def __getattr__(name: str) -> Any:
     if name == "ChatBridgeApp":
-        from .app import ChatBridgeApp
+        from .server.app import ChatBridgeApp
 
         return ChatBridgeApp
     if name == "ChatWidget":
-        from .widget import ChatWidget
+        from .ui.widget import ChatWidget
 
         return ChatWidget
     if name in {"Agent", "EchoAgent", "UserMessage"}:
-        from . import agents
+        from .server import agents
 
         return getattr(agents, name)
     raise AttributeError(f"module 'jupyter_chatbridge' has no attribute {name!r}")

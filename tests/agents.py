@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from jupyter_chatbridge.agents import Agent, UserMessage
+from jupyter_chatbridge.server.agents import Agent, UserMessage
 
 
 class GateAgent(Agent):

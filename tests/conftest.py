@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import Api, StreamFactory
 
@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
     """The server's clock: TTLs and heartbeats move only when the test advances it."""
     fake = FakeScheduler()
-    monkeypatch.setattr("jupyter_chatbridge.app.LoopScheduler", lambda: fake)
+    monkeypatch.setattr("jupyter_chatbridge.server.app.LoopScheduler", lambda: fake)
     return fake
 
 

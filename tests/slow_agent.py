@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from traitlets import Float, Unicode
 
-from jupyter_chatbridge.agents import Agent, UserMessage
+from jupyter_chatbridge.server.agents import Agent, UserMessage
 
 
 class SlowAgent(Agent):

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.client import AsyncChatClient, ConnectionStatus, StatusChange
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.testing import Fault, FaultPlan
 
 from .agents import BurstAgent

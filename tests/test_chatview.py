@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.chatview import ChatView, Delivery
 from jupyter_chatbridge.client.outbox import OutboxEvent
 from jupyter_chatbridge.client.stream import ConnectionStatus, StatusChange
-from jupyter_chatbridge.panel import entry_html, status_html
+from jupyter_chatbridge.ui.chatview import ChatView, Delivery
+from jupyter_chatbridge.ui.panel import entry_html, status_html
 
 SID = "demo"
 

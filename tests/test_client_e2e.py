@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.client import (
     AsyncChatClient,
     AsyncSession,
@@ -24,6 +23,7 @@ from jupyter_chatbridge.client import (
 )
 from jupyter_chatbridge.client.transport import HttpTransport
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.testing import Fault, FaultPlan
 
 from .agents import GateAgent

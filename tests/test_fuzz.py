@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import WAIT, StreamFactory, eventually, new_cid
 

@@ -1,4 +1,4 @@
-"""The shipped OpenAPI description (jupyter_chatbridge/openapi.yaml) against the server.
+"""The shipped OpenAPI description (jupyter_chatbridge/server/openapi.yaml) against the server.
 
 Schemathesis generates requests for every operation, valid (positive) and
 invalid (negative) ones, from the document; each is sent to the real
@@ -43,11 +43,11 @@ from schemathesis.specs.openapi.checks import (
 )
 
 import jupyter_chatbridge
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import WAIT, StreamFactory, new_cid
 
-SPEC_PATH = Path(jupyter_chatbridge.__file__).parent / "openapi.yaml"
+SPEC_PATH = Path(jupyter_chatbridge.__file__).parent / "server" / "openapi.yaml"
 EXAMPLES = 50  # per operation; all 13 operations take about 15 s
 
 SCHEMA = schemathesis.openapi.from_path(SPEC_PATH)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .agents import FailingAgent, GateAgent
 from .support import Api, StreamFactory, eventually, new_cid
@@ -382,8 +382,8 @@ async def test_unauthenticated_requests_are_403_and_change_nothing(
 
 
 def test_contract_error_body_shape() -> None:
-    from jupyter_chatbridge.bridge import BridgeError
     from jupyter_chatbridge.protocol import ErrorCode
+    from jupyter_chatbridge.server.bridge import BridgeError
 
     error = BridgeError(429, ErrorCode.BUSY, "later", retry_after=3)
     assert json.loads(json.dumps(error.body())) == {"error": "later", "code": "busy"}

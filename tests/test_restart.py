@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from jupyter_chatbridge.bridge import INTERRUPTED_MESSAGE
 from jupyter_chatbridge.client import AsyncChatClient, ConnectionStatus, StatusChange
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.bridge import INTERRUPTED_MESSAGE
 
 from .server_process import ServerProcess
 from .support import WAIT, eventually

@@ -10,7 +10,7 @@ from jupyter_server.auth import IdentityProvider, User
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import Api, StreamFactory, new_cid
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jupyter_chatbridge.clock import FakeScheduler
-from jupyter_chatbridge.state import (
+from jupyter_chatbridge.server.state import (
     CidOwnedElsewhere,
     Connection,
     ConnectionRegistry,

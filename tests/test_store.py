@@ -17,12 +17,17 @@ from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.agents import Agent, EchoAgent, UserMessage
-from jupyter_chatbridge.bridge import INTERRUPTED_MESSAGE, BridgeError, BridgeLimits, ChatBridge
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.protocol import dumps
-from jupyter_chatbridge.state import EventLog, LoggedEvent, SendReceipt
-from jupyter_chatbridge.store import (
+from jupyter_chatbridge.server.agents import Agent, EchoAgent, UserMessage
+from jupyter_chatbridge.server.bridge import (
+    INTERRUPTED_MESSAGE,
+    BridgeError,
+    BridgeLimits,
+    ChatBridge,
+)
+from jupyter_chatbridge.server.state import EventLog, LoggedEvent, SendReceipt
+from jupyter_chatbridge.server.store import (
     SCHEMA_VERSION,
     MemoryStore,
     SessionStore,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import Api, StreamFactory, eventually, new_cid
 

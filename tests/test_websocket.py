@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import Api
 

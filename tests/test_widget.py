@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from jupyter_chatbridge import ChatWidget
-from jupyter_chatbridge.bridge import ChatBridge
 from jupyter_chatbridge.client import AsyncChatClient
 from jupyter_chatbridge.protocol import cid_from_hex
+from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.testing import Fault, FaultPlan
 
 from .agents import GateAgent

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.bridge import ChatBridge
+from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.testing import Fault, FaultPlan
 
 from ..support import Api

@@ -35,14 +35,14 @@ from typing import Any, Final, TypeVar
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from ..client.api import AsyncChatClient
+from ..client.discovery import discover_server
+from ..client.outbox import OutboxEvent, OutboxFull, new_client_msg_id
+from ..client.stream import ConnectionStatus, StatusChange, StreamClosed
+from ..client.transport import HTTPStatusError, TransportError
+from ..protocol import EventType, cid_from_hex, is_valid_session_id
 from .chatview import ChatView, Delivery
-from .client.api import AsyncChatClient
-from .client.discovery import discover_server
-from .client.outbox import OutboxEvent, OutboxFull, new_client_msg_id
-from .client.stream import ConnectionStatus, StatusChange, StreamClosed
-from .client.transport import HTTPStatusError, TransportError
 from .panel import ChatPanel
-from .protocol import EventType, cid_from_hex, is_valid_session_id
 
 log = logging.getLogger(__name__)
 

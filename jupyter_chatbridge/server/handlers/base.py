@@ -14,8 +14,8 @@ from jupyter_server.auth.identity import (
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
+from ...protocol import ErrorCode, dumps, is_valid_session_id, normalize_cid
 from ..bridge import BridgeError, ChatBridge
-from ..protocol import ErrorCode, dumps, is_valid_session_id, normalize_cid
 
 AUTH_RESOURCE = "chatbridge"
 

@@ -6,7 +6,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ..protocol import dumps
+from ...protocol import dumps
 
 
 class LoggedEvent(NamedTuple):

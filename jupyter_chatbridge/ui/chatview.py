@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final, Literal
 
-from .client.outbox import OutboxEvent
-from .client.stream import ConnectionStatus, StatusChange
-from .protocol import EventType
+from ..client.outbox import OutboxEvent
+from ..client.stream import ConnectionStatus, StatusChange
+from ..protocol import EventType
 
 # Statuses after which no event can arrive until the user acts (Reconnect).
 _DEAD_STATUSES: Final = frozenset(

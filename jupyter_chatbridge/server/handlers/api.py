@@ -7,9 +7,9 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ...protocol import ErrorCode, is_valid_client_msg_id, is_valid_session_id
+from ...testing import Fault
 from ..bridge import BridgeError
-from ..protocol import ErrorCode, is_valid_client_msg_id, is_valid_session_id
-from ..testing import Fault
 from .base import ChatBridgeHandler, bad_request, canonical_connection_id
 
 MAX_HISTORY_PAGE = 10000

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .agents import Agent, UserMessage
-from .clock import Scheduler
-from .protocol import (
+from ..clock import Scheduler
+from ..protocol import (
     PROTOCOL_VERSION,
     CloseCode,
     DetachReason,
@@ -29,6 +28,7 @@ from .protocol import (
     dumps,
     sse_payload,
 )
+from .agents import Agent, UserMessage
 from .state import (
     CidOwnedElsewhere,
     Connection,

@@ -11,10 +11,10 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, Type, Unicode, default
 
+from ..client.discovery import ENV_TOKEN, ENV_URL
+from ..clock import LoopScheduler
 from .agents import Agent, EchoAgent
 from .bridge import BridgeLimits, ChatBridge
-from .client.discovery import ENV_TOKEN, ENV_URL
-from .clock import LoopScheduler
 from .handlers import default_handlers
 from .handlers.events import FlushBatcher, Heartbeat
 from .store import MEMORY, StoreError, open_store
@@ -89,7 +89,7 @@ class ChatBridgeApp(ExtensionApp):
     @default("static_paths")
     def _default_static_paths(self) -> list[str]:
         # The browser page's JS and CSS, served at {base_url}static/jupyter_chatbridge/.
-        return [str(Path(__file__).parent / "static")]
+        return [str(Path(__file__).parent.parent / "ui" / "static")]
 
     def initialize_settings(self) -> None:
         """Build the bridge from the configuration and share it with the handlers."""

@@ -19,8 +19,8 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from ...protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
 from ..bridge import BridgeError
-from ..protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
 from .base import BridgeHandlerMixin, bad_request
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import client_id
+from ...protocol import client_id
 from .eventlog import EventLog
 
 

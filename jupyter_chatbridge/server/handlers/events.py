@@ -9,9 +9,9 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
+from ...clock import TimerHandle
+from ...protocol import SSE_PING, normalize_cid, sse_id_line
 from ..bridge import ChatBridge
-from ..clock import TimerHandle
-from ..protocol import SSE_PING, normalize_cid, sse_id_line
 from .base import ChatBridgeHandler, bad_request
 
 

@@ -17,8 +17,8 @@ from typing import Any, Final
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
+from ..client.stream import ConnectionStatus
 from .chatview import Banner, Changes, ChatView, Delivery, Entry
-from .client.stream import ConnectionStatus
 
 # Seconds a submit waits for its text when no text update follows it (see _request_submit).
 SUBMIT_SETTLE: Final = 0.2

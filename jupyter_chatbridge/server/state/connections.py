@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..clock import Scheduler, TimerHandle
-from ..protocol import new_conn_id
+from ...clock import Scheduler, TimerHandle
+from ...protocol import new_conn_id
 from .replay import ReplayBuffer
 
 
