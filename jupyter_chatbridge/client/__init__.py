@@ -11,7 +11,8 @@ from .discovery import ServerNotFound, discover_server
 from .outbox import Outbox, OutboxEvent, OutboxFull
 from .policy import ReconnectPolicy, Verdict, classify
 from .socket import SessionSocket, SessionUnknown
-from .stream import ConnectionStatus, EventStream, StatusChange, StreamClosed
+from .status import ConnectionStatus, StatusChange
+from .stream import EventStream, StreamClosed
 from .transport import HTTPStatusError, HttpTransport, TransportError
 
 __all__ = [
