@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from jupyter_chatbridge.client.policy import (
     MAX_QUEUED_SENDS,
@@ -29,6 +29,8 @@ from jupyter_chatbridge.clock import Scheduler, sleep
 from jupyter_chatbridge.protocol import is_valid_client_msg_id, is_valid_session_id
 from jupyter_chatbridge.protocol.outbox_machine import (
     MachineEvent,
+    OutboxEvent,
+    OutboxEventType,
     OutboxMachine,
     QueuedMessage,
     QueueFull,
@@ -36,9 +38,14 @@ from jupyter_chatbridge.protocol.outbox_machine import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_REMEMBERED_FAILURES", "Outbox", "OutboxEvent", "OutboxFull", "SendResponse"]
-
-OutboxEventType = Literal["send_pending", "send_failed", "send_accepted"]
+__all__ = [
+    "MAX_REMEMBERED_FAILURES",
+    "Outbox",
+    "OutboxEvent",
+    "OutboxEventType",
+    "OutboxFull",
+    "SendResponse",
+]
 
 
 @dataclass(frozen=True)
@@ -48,43 +55,6 @@ class SendResponse:
     status: int
     body: dict[str, Any] = field(default_factory=dict)
     retry_after: float | None = None
-
-
-@dataclass(frozen=True)
-class OutboxEvent:
-    """A change in a message's delivery state, for the UI."""
-
-    type: OutboxEventType
-    session_id: str
-    client_msg_id: str
-    text: str
-    seq: int | None = None
-    duplicate: bool | None = None
-    will_retry: bool | None = None
-    # On a final failure: whether the user may retry it (the rules' one eligibility rule).
-    retryable: bool | None = None
-    attempt: int | None = None
-    status: int | None = None
-    error: str | None = None
-    retry_in: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The event with the wire's camelCase keys, leaving out fields that are None."""
-        items = {
-            "type": self.type,
-            "sessionId": self.session_id,
-            "clientMsgId": self.client_msg_id,
-            "text": self.text,
-            "seq": self.seq,
-            "duplicate": self.duplicate,
-            "willRetry": self.will_retry,
-            "retryable": self.retryable,
-            "attempt": self.attempt,
-            "status": self.status,
-            "error": self.error,
-            "retryIn": self.retry_in,
-        }
-        return {key: value for key, value in items.items() if value is not None}
 
 
 class OutboxFull(QueueFull):
@@ -243,7 +213,7 @@ class Outbox:
         except QueueFull as exc:
             raise OutboxFull(str(exc)) from None
         for event in events:
-            self._emit(_event(event))
+            self._emit(event.to_outbox_event())
         self._ensure_task()
 
     def _ensure_task(self) -> asyncio.Task[None]:
@@ -276,7 +246,7 @@ class Outbox:
                 retry_after_ms=retry_after,
             )
             for event in events:
-                self._emit(_event(event, answer.error))
+                self._emit(event.to_outbox_event(answer.error))
             if wait_ms is not None:
                 await self._wait(wait_ms / 1000.0)
                 self._machine.timer()
@@ -303,25 +273,6 @@ class Outbox:
     async def _wait(self, delay: float) -> None:
         # Kept as a task-local wait so close() can cancel it with the drain task.
         await sleep(self._scheduler, delay)
-
-
-def _event(event: MachineEvent, error: str | None = None) -> OutboxEvent:
-    """The machine's event with what a UI shows besides: session, text, error text, seconds."""
-    message = event.message
-    return OutboxEvent(
-        event.type,
-        message.session_id,
-        message.client_msg_id,
-        message.text,
-        seq=event.seq,
-        duplicate=event.duplicate,
-        will_retry=event.will_retry,
-        retryable=event.retryable,
-        attempt=event.attempt,
-        status=event.status,
-        error=error if event.type == "send_failed" else None,
-        retry_in=None if event.retry_in_ms is None else event.retry_in_ms / 1000.0,
-    )
 
 
 def _error_text(response: SendResponse) -> str:

@@ -22,9 +22,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from ..clock import LoopScheduler, Scheduler, sleep
 from ..protocol import CloseCode, EventType
+from ..protocol.status import ConnectionStatus, StatusChange
 from .outbox import new_client_msg_id
 from .policy import ReconnectPolicy
-from .status import ConnectionStatus, StatusChange
 from .stream import StreamClosed, _noop
 from .transport import HttpTransport
 

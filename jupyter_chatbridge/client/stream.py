@@ -20,9 +20,9 @@ from typing import Any
 
 from ..clock import LoopScheduler, Scheduler, TimerHandle, sleep
 from ..protocol import EventType, new_cid, normalize_cid
+from ..protocol.status import ConnectionStatus, StatusChange
 from .policy import IDLE_TIMEOUT, ReconnectPolicy
 from .sse import SSEParser
-from .status import ConnectionStatus, StatusChange
 from .transport import HTTPStatusError, HttpTransport, TransportError
 
 log = logging.getLogger(__name__)
