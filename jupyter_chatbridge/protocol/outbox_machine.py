@@ -22,7 +22,7 @@ from .rules import (
     classify_code,
 )
 
-Outcome = Literal["accepted", "transient", "permanent"]
+Outcome = Literal["accepted", "transient", "permanent", "refused"]
 EventName = Literal["send_pending", "send_failed", "send_accepted"]
 OutboxEventType = EventName
 
@@ -52,10 +52,16 @@ TRANSITIONS: Final = tuple(
 )
 
 
+# Statuses that refuse the message itself (malformed, too large): a Retry cannot help.
+REFUSED_STATUSES: Final = frozenset(int(c) for c in RULES["outbox"]["refusedHttp"])
+
+
 def outcome_of(status: int | None) -> Outcome:
-    """Which kind of outcome an answer is: 2xx accepted, else as `classify` says."""
+    """Which kind of outcome an answer is: 2xx accepted, refused, else as `classify` says."""
     if status is not None and 200 <= status <= 299:
         return "accepted"
+    if status in REFUSED_STATUSES:
+        return "refused"
     return classify_code(status)
 
 

@@ -454,4 +454,4 @@ def _retryable(event: Mapping[str, Any]) -> bool:
     flag = event.get("retryable")
     if isinstance(flag, bool):
         return flag
-    return outcome_of(_int(event.get("status"))) != "permanent"
+    return outcome_of(_int(event.get("status"))) != "refused"
