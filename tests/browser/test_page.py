@@ -159,7 +159,8 @@ async def test_send_failures_show_retrying_then_delivered_or_not_delivered(
     await _send(page, "first")
     await expect(user.nth(0)).to_have_attribute("data-state", "retrying")
     await expect(user.nth(0).locator(".delivery")).to_have_text("delivery delayed, retrying…")
-    await expect(page.locator("#thinking")).to_be_visible()
+    # The transcript rule (client_rules, "thinking"): not while a delivery is delayed.
+    await expect(page.locator("#thinking")).to_be_hidden()
     await browser.shot(page, "05-retrying")
     await expect(user.nth(0)).to_have_attribute("data-state", "delivered")
     await expect(page.locator(".msg.assistant")).to_have_text("Echo: first")
@@ -284,7 +285,7 @@ async def test_a_transient_socket_close_reconnects_the_live_view(
     for socket in list(bridge._sockets["s1"]):
         bridge.remove_socket("s1", socket)
         socket.end(1011, "server hiccup")
-    await expect(page.locator("#live-status")).to_contain_text("reconnecting, attempt 2 of 6")
+    await expect(page.locator("#live-status")).to_contain_text("reconnecting, attempt 1 of 6")
     await browser.shot(page, "11-live-view-reconnecting")
     await expect(page.locator("#live-status")).to_be_hidden()
     await _live(page)

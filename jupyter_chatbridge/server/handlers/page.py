@@ -4,7 +4,15 @@ The HTML is a small shell; the client is plain ES modules and a stylesheet in
 `jupyter_chatbridge/ui/static/`, served by the extension's static handler at
 `{base_url}static/jupyter_chatbridge/`. Everything the modules need from the server
 (base_url, the XSRF token) is written into data attributes here, so the page works
-under any base_url. The page carries no code of its own, only data: an import map.
+under any base_url. The page carries no code of its own, only data: an import map and
+the client rules.
+
+The rules: the modules take the parsed `protocol/client_rules.json` as a parameter, and
+the page embeds that file as `<script type="application/json" id="chatbridge-rules">`
+(read by `protocol.rules`, the same object the Python client uses). Embedding rather than
+fetching it means no extra request before the page can start, no way for the page to run
+without rules, and rules that always match this server; the page is `no-store`, so a new
+server's rules reach it on the next load.
 
 Cache-busting: `static_url` versions a URL with `?v=<hash of the file>`, but a module's
 relative `import "./policy.js"` would not carry it, so a changed module could be served
@@ -24,6 +32,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from ...protocol.rules import RULES
 from .base import AUTH_RESOURCE
 
 PAGE = """<!DOCTYPE html>
@@ -34,6 +43,7 @@ PAGE = """<!DOCTYPE html>
 <title>Chat bridge</title>
 <link rel="stylesheet" href="{css}">
 <script type="importmap">{import_map}</script>
+<script type="application/json" id="chatbridge-rules">{rules}</script>
 <script type="module" src="{js}"></script>
 </head>
 <body data-base-url="{base_url}" data-xsrf-token="{xsrf}">
@@ -84,6 +94,7 @@ class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
         page = PAGE.format(
             css=escape(self.static_url("chatbridge.css")),
             import_map=self.import_map(),
+            rules=script_json(RULES),
             js=escape(self.static_url(ENTRY_MODULE)),
             base_url=escape(self.base_url),
             xsrf=escape(xsrf.decode() if isinstance(xsrf, bytes) else xsrf),
@@ -100,5 +111,10 @@ class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
         imports = {
             self.static_url(name, include_version=False): self.static_url(name) for name in modules
         }
-        # "</" would end the script element early; JSON allows "<\/" for it.
-        return json.dumps({"imports": imports}, sort_keys=True).replace("</", "<\\/")
+        return script_json({"imports": imports})
+
+
+def script_json(value: object) -> str:
+    r"""JSON to place inside a <script> element: "</" would end the element early, and JSON
+    allows "<\/" for it."""
+    return json.dumps(value, sort_keys=True).replace("</", "<\\/")

@@ -3,7 +3,7 @@
 // tab's watches across reconnects; the browser's native reconnect sends Last-Event-ID and
 // the server replays exactly the frames that were missed.
 
-import { MAX_RECONNECT_ATTEMPTS, backoffDelay } from "./policy.js";
+import { ReconnectBudget } from "./policy.js";
 
 // Session events but "error", whose name EventSource shares (see `connect`).
 const SESSION_EVENT_TYPES = [
@@ -18,16 +18,18 @@ const SESSION_EVENT_TYPES = [
  * The tab's event stream. A lost stream is first left to the browser's native reconnect,
  * which sends Last-Event-ID so the server replays what was missed. If that attempt fails
  * too, or the browser gives up (it does on any non-200 answer), the stream backs off and
- * reconnects itself, passing the last frame id as `lastEventId`. At most
- * MAX_RECONNECT_ATTEMPTS attempts without a welcome, then "offline" until asked again.
+ * reconnects itself, passing the last frame id as `lastEventId`. The rules' reconnect
+ * budget counts the attempts: a welcome opens the connection, and only a stream that
+ * stayed up for the stability time or delivered a session event refills it, so a server
+ * that accepts and drops at once leaves the page "offline" until asked again.
  */
 export class EventStream {
-  constructor(url, cid, handlers) {
+  constructor(rules, url, cid, handlers) {
+    this.budget = new ReconnectBudget(rules);
     this.url = url;
     this.cid = cid;
     this.handlers = handlers;
     this.source = null;
-    this.failures = 0;
     this.lastFrameId = null;
     this.timer = null;
   }
@@ -57,31 +59,35 @@ export class EventStream {
     source.addEventListener(
       "welcome",
       frame((welcome) => {
-        this.failures = 0;
+        this.budget.opened(performance.now());
         this.handlers.onWelcome(welcome);
       }),
     );
-    for (const type of SESSION_EVENT_TYPES) {
-      source.addEventListener(type, frame(this.handlers.onSessionEvent));
-    }
+    const sessionEvent = (event) => {
+      this.budget.liveEvent(); // the stream works: its budget is full again
+      this.handlers.onSessionEvent(event);
+    };
+    for (const type of SESSION_EVENT_TYPES) source.addEventListener(type, frame(sessionEvent));
     source.addEventListener("detached", frame(this.handlers.onDetached));
     // "error" is both a session event type of the protocol (a MessageEvent with data) and
     // EventSource's own failure notification (a plain Event): tell them apart.
     source.addEventListener("error", (event) => {
-      if (typeof event.data === "string") frame(this.handlers.onSessionEvent)(event);
+      if (typeof event.data === "string") frame(sessionEvent)(event);
       else if (source === this.source) this.failed(source);
     });
   }
 
   failed(source) {
-    this.failures += 1;
-    if (this.failures > MAX_RECONNECT_ATTEMPTS) {
+    // EventSource shows no status code: every failure is "no code", which is transient.
+    const { decision, attempt, delayMs } = this.budget.closed(performance.now(), null, Math.random());
+    if (decision !== "retry") {
       this.stop();
       this.handlers.onStatus("offline");
       return;
     }
     this.handlers.onStatus("reconnecting");
-    if (source.readyState === EventSource.CONNECTING && this.failures === 1) return; // native
+    // The browser's own reconnect (with Last-Event-ID) is the first attempt.
+    if (source.readyState === EventSource.CONNECTING && attempt === 1) return;
     const refused = source.readyState === EventSource.CLOSED;
     this.stop();
     this.timer = setTimeout(() => {
@@ -92,7 +98,7 @@ export class EventStream {
         if (authorized) this.connect();
         else this.handlers.onStatus("signed-out");
       });
-    }, backoffDelay(this.failures));
+    }, delayMs);
   }
 
   stop() {
@@ -104,7 +110,7 @@ export class EventStream {
 
   /** Start over with a fresh attempt budget (the Reconnect button, the browser back online). */
   reconnect() {
-    this.failures = 0;
+    this.budget.reset();
     this.connect();
   }
 

@@ -1,14 +1,15 @@
 // The chat page: the glue between the DOM (render.js) and the pieces that hold the rules
-// (outbox, transcript, event stream, live socket). Its state is what render.js draws.
+// (outbox, transcript, event stream, live socket), each given the rules object of
+// client_rules.json that page.py embeds. Its state is what render.js draws.
 
 import { apiRequest } from "./api.js";
 import { EventStream } from "./event-stream.js";
 import { CidGuard, newCid, storageGet, storageSet, tabCid } from "./ids.js";
 import { LiveSocket } from "./live-socket.js";
 import { Outbox, OutboxFull } from "./outbox.js";
-import { MAX_RECONNECT_ATTEMPTS, RETRY_DELAY_MS, backoffDelay, classify } from "./policy.js";
+import { backoffMs, classify } from "./policy.js";
 import { drawPage } from "./render.js";
-import { SessionView } from "./transcript.js";
+import { Transcript } from "./transcript.js";
 
 const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FILL_GRACE_MS = 500;
@@ -19,7 +20,8 @@ function positiveIntParam(params, name, fallback) {
 }
 
 export class ChatPage {
-  constructor(body) {
+  constructor(body, rules) {
+    this.rules = rules;
     this.baseUrl = body.dataset.baseUrl || "/";
     this.xsrf = body.dataset.xsrfToken || "";
     this.api = `${this.baseUrl}chatbridge/api/`;
@@ -37,7 +39,9 @@ export class ChatPage {
     this.live = null;
     this.liveState = null;
     this.gone = null;
-    this.delivery = new Map(); // clientMsgId -> {sessionId, text, state, note, history, canRetry}
+    // clientMsgId -> {sessionId, text, history, last}: what this page sent, the delivery
+    // states each message went through, and its last outbox event (for another view).
+    this.delivery = new Map();
     this.syncGeneration = 0;
     this.fillTimer = null;
     this.filling = false;
@@ -46,12 +50,13 @@ export class ChatPage {
     this.pickerKey = null;
     this.$ = (id) => document.getElementById(id);
     this.outbox = new Outbox({
+      rules,
       post: (message) => this.postSend(message),
-      listener: (type, message, details) => this.onOutbox(type, message, details),
-      // ?retryDelay=ms shortens the 3 s retry delay (the browser tests use it).
-      retryDelay: positiveIntParam(params, "retryDelay", RETRY_DELAY_MS),
+      listener: (event) => this.onOutbox(event),
+      // ?retryDelay=ms shortens the rules' retry delay (the browser tests use it).
+      retryDelayMs: positiveIntParam(params, "retryDelay", undefined),
     });
-    this.stream = new EventStream(`${this.api}events`, this.cid, {
+    this.stream = new EventStream(rules, `${this.api}events`, this.cid, {
       onWelcome: (welcome) => this.onWelcome(welcome),
       onSessionEvent: (event) => this.onSessionEvent(event),
       onDetached: () => {}, // the page watches but never drives a session
@@ -166,15 +171,28 @@ export class ChatPage {
   onSessionEvent(event) {
     const view = this.view;
     if (!view || event.sessionId !== view.sessionId) return;
-    for (const applied of view.offer(event)) {
-      if (applied.type === "user_message" && applied.clientMsgId) {
-        // Evidence about this one message: it is in the session, whatever its POST said.
-        this.outbox.confirm(applied.clientMsgId);
-        this.markDelivery(applied.clientMsgId, "delivered");
+    this.applyToView(view, { kind: "event", event });
+    if (view.ended === "session_ended" && !this.gone) this.sessionGone({ source: "session_ended" });
+    // Past a hole: the transcript holds the event, and history fills the hole.
+    if (view.gap) this.scheduleFill();
+  }
+
+  // Every input reaches the transcript here, so the page sees what it changed: a message of
+  // ours the session now shows is evidence for the outbox (whatever its POST said), and
+  // each change of a message's delivery state is kept as its history.
+  applyToView(view, input) {
+    const touched = view.apply(input);
+    for (const key of touched.keys) {
+      const message = view.messages.get(key);
+      const entry = message && message.delivery !== null && this.delivery.get(message.clientMsgId);
+      if (!entry) continue;
+      if (entry.history[entry.history.length - 1] !== message.delivery) {
+        entry.history.push(message.delivery);
       }
-      if (applied.type === "session_ended") this.sessionGone({ source: "session_ended" });
+      if (message.delivery === "delivered" && input.kind === "event") {
+        this.outbox.confirm(message.clientMsgId);
+      }
     }
-    if (view.incomplete) this.scheduleFill();
     this.render();
   }
 
@@ -190,11 +208,9 @@ export class ChatPage {
     const generation = ++this.syncGeneration;
     for (let attempt = 1; ; attempt += 1) {
       let result;
+      const afterSeq = view.lastSeq ?? 0;
       try {
-        result = await this.request("POST", "watch", {
-          sessionId: view.sessionId,
-          afterSeq: view.lastSeq,
-        });
+        result = await this.request("POST", "watch", { sessionId: view.sessionId, afterSeq });
       } catch {
         result = { status: null, body: null };
       }
@@ -202,8 +218,16 @@ export class ChatPage {
       const code = result.body && result.body.code;
       if (result.status === 200) {
         this.setError("watch", null);
-        view.knownLastSeq = Math.max(view.knownLastSeq, result.body.lastSeq || 0);
-        if (view.incomplete) this.scheduleFill();
+        const serverLastSeq = result.body.lastSeq;
+        // Behind what we asked to watch from: the server rewound (it lost events we showed).
+        // Only then, since live events may overtake this answer. Watch again from where
+        // the server now is, so it replays what it numbered since.
+        if (Number.isInteger(serverLastSeq) && serverLastSeq < afterSeq) {
+          this.applyToView(view, { kind: "watched", lastSeq: serverLastSeq });
+          this.sync();
+          return;
+        }
+        if (view.gap) this.scheduleFill();
         return;
       }
       if (code === "session_unknown") {
@@ -212,12 +236,14 @@ export class ChatPage {
       }
       // The stream was replaced under us: its welcome watches again.
       if (code === "connection_unknown") return;
-      if (classify(result.status) === "permanent" || attempt >= MAX_RECONNECT_ATTEMPTS) {
+      const permanent = classify(this.rules, result.status) === "permanent";
+      if (permanent || attempt >= this.rules.reconnect.maxAttempts) {
         const why = (result.body && result.body.error) || result.status || "network error";
         this.setError("watch", `could not watch the session: ${why}`);
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, backoffDelay(attempt)));
+      const delay = backoffMs(this.rules, attempt, Math.random());
+      await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
 
@@ -233,20 +259,26 @@ export class ChatPage {
 
   async fill() {
     const view = this.view;
-    if (!view || !view.incomplete || this.gone) return;
+    const gap = view && view.gap;
+    if (!gap || this.gone) return;
     this.filling = true;
+    let progress = false;
     try {
-      const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${view.lastSeq}`;
+      const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${gap.after}`;
       const { status, body } = await this.request("GET", path);
       if (view !== this.view || status !== 200) return;
-      const events = body.events || [];
-      if (events.length > 0 && events[0].seq > view.lastSeq + 1) view.skipTo(events[0].seq - 1);
-      for (const event of events) this.onSessionEvent(event);
+      for (const event of body.events || []) this.onSessionEvent(event);
+      const left = view.gap;
+      // History no longer has the missing events (trimmed): go on without them.
+      if (left && left.after === gap.after) this.applyToView(view, { kind: "skip_gap" });
+      progress = true;
     } catch {
       // The next gap or welcome tries again.
     } finally {
       this.filling = false;
     }
+    // A page of history may end before the hole does.
+    if (progress && view === this.view && view.gap) this.scheduleFill();
   }
 
   // -- sessions -----------------------------------------------------------------------------------
@@ -294,7 +326,14 @@ export class ChatPage {
     this.gone = null;
     clearTimeout(this.fillTimer);
     this.fillTimer = null;
-    this.view = sessionId ? new SessionView(sessionId) : null;
+    this.view = sessionId ? new Transcript(this.rules, sessionId) : null;
+    // What this page sent to the session and the session has not shown it yet: the
+    // session's replay shows the rest.
+    for (const entry of this.delivery.values()) {
+      if (this.view && entry.sessionId === sessionId && entry.last.type !== "send_accepted") {
+        this.applyToView(this.view, { kind: "outbox", event: entry.last });
+      }
+    }
     storageSet(`${this.storageKey}:session`, sessionId);
     const url = new URL(window.location.href);
     url.hash = sessionId ? `session=${encodeURIComponent(sessionId)}` : "";
@@ -305,9 +344,8 @@ export class ChatPage {
     if (sessionId) {
       const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
       const path = `${this.api}sessions/${encodeURIComponent(sessionId)}/ws`;
-      this.live = new LiveSocket(`${scheme}//${window.location.host}${path}`, (state) =>
-        this.onLive(state),
-      );
+      const url = `${scheme}//${window.location.host}${path}`;
+      this.live = new LiveSocket(this.rules, url, (state) => this.onLive(state));
       this.live.open();
       this.sync();
     }
@@ -355,39 +393,27 @@ export class ChatPage {
     this.submit();
   }
 
-  onOutbox(type, message, details) {
-    const id = message.clientMsgId;
-    if (type === "send_pending") {
-      const known = this.delivery.get(id);
-      const entry = known || { sessionId: message.sessionId, text: message.text, history: [] };
-      this.delivery.set(id, entry);
-      this.markDelivery(id, "sending");
-    } else if (type === "send_accepted") {
-      this.markDelivery(id, "delivered");
-    } else if (details.willRetry) {
-      const why = details.status ? `HTTP ${details.status}` : details.error;
-      this.markDelivery(id, "retrying", `attempt ${details.attempt} failed (${why}); retrying`);
-    } else {
-      const why = details.error || `HTTP ${details.status}`;
-      const note = details.attempt > 1 ? `${details.attempt} attempts; last: ${why}` : why;
-      this.markDelivery(id, "failed", note, { canRetry: this.outbox.failed.has(id) });
-    }
-  }
-
-  // A message's warning changes only through events about that message: its own outbox
-  // events or its user_message. Once delivered it stays delivered.
-  markDelivery(clientMsgId, state, note = "", { canRetry = false } = {}) {
-    const entry = this.delivery.get(clientMsgId);
-    if (!entry) return;
-    if (entry.state === "delivered" && state !== "delivered") return;
-    if (entry.state !== state) entry.history.push(state);
-    Object.assign(entry, { state, note, canRetry });
-    this.render();
+  // The transcript decides what each outbox event means for the message (its delivery
+  // state, whether Retry is offered); the page only routes it to the open session's view.
+  onOutbox(event) {
+    const id = event.clientMsgId;
+    const entry = this.delivery.get(id) || { sessionId: event.sessionId, text: event.text, history: [] };
+    entry.last = event;
+    this.delivery.set(id, entry);
+    const view = this.view;
+    if (view && view.sessionId === event.sessionId) this.applyToView(view, { kind: "outbox", event });
+    else this.render();
   }
 
   retrySend(clientMsgId) {
     try {
-      this.outbox.retry(clientMsgId);
+      if (this.outbox.failed.has(clientMsgId)) {
+        this.outbox.retry(clientMsgId);
+      } else {
+        // Lost by a server that rewound: the outbox had it delivered, so send it again.
+        const entry = this.delivery.get(clientMsgId);
+        if (entry) this.outbox.enqueue(entry.sessionId, entry.text, clientMsgId);
+      }
     } catch (error) {
       if (!(error instanceof OutboxFull)) throw error;
       this.showComposerError(`Not sent: ${error.message}.`);
@@ -430,21 +456,23 @@ export class ChatPage {
       status: this.status,
       welcomes: this.welcomes.slice(),
       sessionId: view ? view.sessionId : null,
-      lastSeq: view ? view.lastSeq : 0,
-      applied: view ? view.applied.slice() : [],
+      lastSeq: view ? (view.lastSeq ?? 0) : 0,
+      applied: view ? view.appliedSeqs.slice() : [],
       duplicatesDropped: view ? view.duplicates : 0,
+      transcript: view ? view.snapshot() : null,
+      stream: { attempts: this.stream.budget.attempts },
       gone: this.gone,
       live: this.live
         ? {
             opened: this.live.opened,
-            attempts: this.live.attempts,
+            attempts: this.live.budget.attempts,
             reconnectPending: this.live.reconnectPending,
             state: this.liveState && this.liveState.state,
           }
         : null,
       outbox: { queued: this.outbox.queue.length, failed: [...this.outbox.failed.keys()] },
       delivery: Object.fromEntries(
-        [...this.delivery].map(([id, e]) => [id, { state: e.state, history: e.history.slice() }]),
+        [...this.delivery].map(([id, e]) => [id, { state: e.history.at(-1), history: e.history.slice() }]),
       ),
     };
   }

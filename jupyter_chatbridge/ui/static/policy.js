@@ -1,43 +1,108 @@
-// The contract's client policy, free of DOM and I/O: which failures are worth retrying
-// (classify), how long to wait before a reconnect (backoffDelay) and what a Retry-After
-// header asks for (retryAfterMs). The Python client's ReconnectPolicy follows the same rules.
-
-export const MAX_RECONNECT_ATTEMPTS = 6;
-export const BACKOFF_BASE_MS = 1000;
-export const BACKOFF_CAP_MS = 30000;
-export const RETRY_DELAY_MS = 3000;
-export const MAX_SEND_RETRIES = 3;
-export const MAX_QUEUED_SENDS = 100;
-export const REQUEST_TIMEOUT_MS = 15000;
-// A socket that stayed open this long counts as a successful connection and resets the
-// attempt budget; one that is accepted and dropped at once does not, so a flapping server
-// cannot keep the page retrying forever.
-export const STABLE_CONNECTION_MS = 5000;
-
-const PERMANENT_CLOSE_CODES = new Set([4404, 4400, 4401, 4403]);
-// Client errors that mean "not now" rather than "never": time-out, too early, busy.
-const TRANSIENT_CLIENT_ERRORS = new Set([408, 425, 429]);
+// The contract's client policy, free of DOM and I/O. Every number and table comes from
+// `rules`, the object read from jupyter_chatbridge/protocol/client_rules.json (page.py
+// embeds it in the page; the Node tests read the file): which failures are worth retrying
+// (classify), how long to wait before a reconnect (backoffMs), and the ReconnectBudget,
+// which only evidence of a healthy connection refills. The Python client's
+// protocol/rules.py applies the same file; tests/js runs both against the same vectors.
 
 /**
- * "permanent" or "transient" for a WebSocket close code or an HTTP status; null stands for
- * a network error or a time-out, which are transient.
+ * "permanent" or "transient" for a WebSocket close code or an HTTP status; null (or
+ * undefined) stands for no code at all: a network error or a time-out.
  */
-export function classify(code) {
+export function classify(rules, code) {
+  const table = rules.classify;
   if (code === null || code === undefined) return "transient";
-  if (PERMANENT_CLOSE_CODES.has(code)) return "permanent";
-  if (code >= 400 && code <= 499 && !TRANSIENT_CLIENT_ERRORS.has(code)) return "permanent";
-  return "transient";
+  if (table.permanentCloseCodes.includes(code)) return "permanent";
+  const inRange = code >= table.permanentHttpMin && code <= table.permanentHttpMax;
+  if (inRange && !table.transientHttp.includes(code)) return "permanent";
+  return table.otherwise;
+}
+
+// Past this exponent the nominal delay is the cap for any sane base.
+const MAX_EXPONENT = 64;
+
+/** The un-jittered delay before reconnect attempt `attempt` (1-based). */
+export function nominalDelayMs(rules, attempt, { baseMs, capMs } = {}) {
+  if (!Number.isInteger(attempt) || attempt < 1) {
+    throw new RangeError(`attempt is 1-based, got ${attempt}`);
+  }
+  const base = baseMs ?? rules.reconnect.baseMs;
+  const cap = capMs ?? rules.reconnect.capMs;
+  return Math.min(cap, base * 2 ** Math.min(attempt - 1, MAX_EXPONENT));
 }
 
 /**
- * Milliseconds to wait before reconnect attempt `attempt` (1-based): the nominal
- * min(cap, base * 2^(attempt-1)) scaled uniformly into [0.5, 1] ("equal jitter"), so clients
- * that dropped together spread out. The same schedule as the Python ReconnectPolicy.
+ * Equal jitter: the nominal delay scaled by `random` (clamped to [0, 1]) into
+ * [jitterMin, 1] of itself, so clients that dropped together spread out.
  */
-export function backoffDelay(attempt, random = Math.random) {
-  const exponent = Math.min(Math.max(attempt, 1) - 1, 30);
-  const nominal = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** exponent);
-  return nominal * (0.5 + 0.5 * Math.min(1, Math.max(0, random())));
+export function backoffMs(rules, attempt, random, limits = {}) {
+  const fraction = Math.min(1, Math.max(0, random));
+  const jitterMin = rules.reconnect.jitterMin;
+  return nominalDelayMs(rules, attempt, limits) * (jitterMin + (1 - jitterMin) * fraction);
+}
+
+/**
+ * How many reconnect attempts are left, refilled only by evidence of a healthy
+ * connection: one that stayed open `stableMs`, or one that delivered a live event. A
+ * server that accepts and drops at once therefore uses the budget up, and the page goes
+ * offline instead of retrying forever. Up to 1 + maxAttempts connections in a row:
+ * the first, then at most maxAttempts reconnects.
+ *
+ * `closed` and `nextAttempt` answer {decision: "retry"|"offline"|"failed", attempt,
+ * delayMs}: the reconnect about to be made (retry) or the attempts used.
+ */
+export class ReconnectBudget {
+  constructor(rules, { maxAttempts, baseMs, capMs, stableMs } = {}) {
+    this.rules = rules;
+    this.maxAttempts = maxAttempts ?? rules.reconnect.maxAttempts;
+    this.baseMs = baseMs ?? rules.reconnect.baseMs;
+    this.capMs = capMs ?? rules.reconnect.capMs;
+    this.stableMs = stableMs ?? rules.reconnect.stableMs;
+    if (this.maxAttempts < 0) throw new RangeError(`maxAttempts must be >= 0`);
+    if (this.baseMs <= 0 || this.capMs <= 0) throw new RangeError("base and cap must be > 0");
+    this.attempts = 0;
+    this.openedAt = null;
+  }
+
+  /** True once every attempt is used. */
+  get exhausted() {
+    return this.attempts >= this.maxAttempts;
+  }
+
+  /** The connection is up (a WebSocket open, an SSE welcome): not yet proof of health. */
+  opened(nowMs) {
+    this.openedAt = nowMs;
+  }
+
+  /** The open connection delivered a live session event: it works. */
+  liveEvent() {
+    if (this.openedAt !== null) this.attempts = 0;
+  }
+
+  /** The user asked to reconnect (or the network came back): a fresh budget. */
+  reset() {
+    this.attempts = 0;
+  }
+
+  /** The connection ended or failed to open, with a close code / HTTP status or null. */
+  closed(nowMs, code, random) {
+    const openedAt = this.openedAt;
+    this.openedAt = null;
+    if (openedAt !== null && nowMs - openedAt >= this.stableMs) this.attempts = 0;
+    if (classify(this.rules, code) === "permanent") {
+      return { decision: "failed", attempt: this.attempts, delayMs: null };
+    }
+    return this.nextAttempt(random);
+  }
+
+  /** Spend one attempt: its delay, or "offline" when none is left. */
+  nextAttempt(random) {
+    if (this.exhausted) return { decision: "offline", attempt: this.attempts, delayMs: null };
+    this.attempts += 1;
+    const limits = { baseMs: this.baseMs, capMs: this.capMs };
+    const delayMs = backoffMs(this.rules, this.attempts, random, limits);
+    return { decision: "retry", attempt: this.attempts, delayMs };
+  }
 }
 
 /** A Retry-After header (delta seconds or an HTTP date) in milliseconds, or null. */

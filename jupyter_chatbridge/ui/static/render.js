@@ -1,8 +1,6 @@
 // The page's DOM: draws the ChatPage's state into the elements page.py serves. Nothing here
 // decides anything; it shows what the page, its transcript and its outbox say.
 
-import { MAX_RECONNECT_ATTEMPTS } from "./policy.js";
-
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -57,9 +55,10 @@ export function drawPage(page) {
   let liveText = "";
   if (view && !page.gone && ls) {
     if (ls.state === "reconnecting") {
-      liveText = `live view lost (${ls.code}); reconnecting, attempt ${ls.attempt} of ${MAX_RECONNECT_ATTEMPTS}…`;
+      const of = page.rules.reconnect.maxAttempts;
+      liveText = `live view lost (${ls.code}); reconnecting, attempt ${ls.attempt} of ${of}…`;
     } else if (ls.state === "lost") {
-      liveText = `live view lost (${ls.code}) after ${MAX_RECONNECT_ATTEMPTS} attempts`;
+      liveText = `live view lost (${ls.code}) after ${ls.attempts} reconnect attempts`;
     } else if (ls.state === "refused") {
       liveText = `live view refused (${ls.code} ${ls.reason || ""})`;
     }
@@ -77,8 +76,8 @@ export function drawPage(page) {
 
   drawTranscript(page);
 
-  const pending = view ? page.outbox.pendingFor(view.sessionId) : 0;
-  page.$("thinking").hidden = !(view && !page.gone && (pending > 0 || view.busy));
+  // The transcript's rule: a send of ours pending, a message unanswered, an answer streaming.
+  page.$("thinking").hidden = !(view && !page.gone && view.thinking);
   const usable = Boolean(view) && !page.gone;
   page.$("message").disabled = !usable;
   page.$("send").disabled = !usable;
@@ -113,55 +112,64 @@ function drawTranscript(page) {
   if (!view) {
     nodes.push(element("p", "hint", "Pick a session or create one to start chatting."));
   } else {
-    const seen = new Set();
-    for (const item of view.items) {
-      if (item.kind === "user") {
-        seen.add(item.clientMsgId);
-        nodes.push(userBubble(page, item.clientMsgId, item.text, item.seq, "delivered"));
-      } else if (item.kind === "assistant") {
-        const bubble = element("div", "msg assistant", item.text);
-        bubble.dataset.messageId = item.messageId;
-        bubble.dataset.done = String(item.done);
-        if (item.error) bubble.append(element("div", "agent-error", item.error));
+    // The transcript's order: the session's seq order, this page's unnumbered sends last.
+    for (const message of view.ordered()) {
+      if (message.role === "user") {
+        nodes.push(userBubble(page, message));
+      } else if (message.role === "agent") {
+        const bubble = element("div", "msg assistant", message.text);
+        bubble.dataset.messageId = message.messageId;
+        bubble.dataset.done = String(message.done);
+        if (message.error) bubble.append(element("div", "agent-error", message.error));
         nodes.push(bubble);
       } else {
-        nodes.push(element("div", `msg ${item.kind}`, item.text));
+        nodes.push(element("div", `msg ${message.error ? "error" : "system"}`, message.text));
       }
     }
-    // This page's messages the session has not shown yet, in the order they were sent.
-    for (const [id, entry] of page.delivery) {
-      if (entry.sessionId === view.sessionId && !seen.has(id)) {
-        nodes.push(userBubble(page, id, entry.text, null, entry.state));
-      }
-    }
+    if (view.ended === "session_ended") nodes.push(element("div", "msg system", "session ended"));
     if (nodes.length === 0) nodes.push(element("p", "hint", "No messages yet."));
   }
   transcript.replaceChildren(...nodes);
   if (nearBottom) transcript.scrollTop = transcript.scrollHeight;
 }
 
-function userBubble(page, clientMsgId, text, seq, fallbackState) {
-  const entry = clientMsgId ? page.delivery.get(clientMsgId) : undefined;
-  // The session's own user_message is proof of delivery whatever this page saw.
-  const state = seq !== null ? "delivered" : entry ? entry.state : fallbackState;
-  const bubble = element("div", "msg user");
-  bubble.dataset.clientMsgId = clientMsgId || "";
-  if (seq !== null) bubble.dataset.seq = String(seq);
-  bubble.dataset.state = state;
-  bubble.dataset.history = entry ? entry.history.join(" ") : "delivered";
-  bubble.append(element("div", "text", text));
-  const status = element("div", "delivery", DELIVERY_LABELS[state] || state);
-  if (entry && entry.note && state !== "delivered") status.title = entry.note;
-  if (state === "failed" && entry && entry.note) {
-    status.append(element("span", "why", ` (${entry.note})`));
+// The transcript's delivery states by the names the page shows them under.
+const STATE_NAMES = { pending: "sending", retrying: "retrying", failed: "failed", delivered: "delivered" };
+
+/** Why a delivery is delayed or failed, from the transcript's fields of the message. */
+function deliveryNote(message) {
+  if (message.delivery === "retrying") {
+    const why = message.status ? `HTTP ${message.status}` : message.error;
+    return `attempt ${message.attempt} failed (${why}); retrying`;
   }
-  if (state === "failed" && entry && entry.canRetry) {
+  if (message.delivery === "failed") {
+    const why = message.error || `HTTP ${message.status}`;
+    return message.attempt > 1 ? `${message.attempt} attempts; last: ${why}` : why;
+  }
+  return "";
+}
+
+function userBubble(page, message) {
+  // delivery null: not sent from this page, so the session's user_message is all there is.
+  const state = STATE_NAMES[message.delivery ?? "delivered"];
+  const entry = message.delivery !== null ? page.delivery.get(message.clientMsgId) : undefined;
+  const bubble = element("div", "msg user");
+  bubble.dataset.clientMsgId = message.clientMsgId || "";
+  if (message.seq !== null) bubble.dataset.seq = String(message.seq);
+  bubble.dataset.state = state;
+  bubble.dataset.history = entry ? entry.history.map((s) => STATE_NAMES[s]).join(" ") : "delivered";
+  bubble.append(element("div", "text", message.text));
+  const status = element("div", "delivery", DELIVERY_LABELS[state] || state);
+  const note = deliveryNote(message);
+  if (note) status.title = note;
+  if (state === "failed" && note) status.append(element("span", "why", ` (${note})`));
+  // Offered exactly when the transcript says the failure may be retried.
+  if (state === "failed" && message.retryOffered) {
     const retry = element("button", "inline", "Retry");
     retry.type = "button";
-    retry.addEventListener("click", () => page.retrySend(clientMsgId));
+    retry.addEventListener("click", () => page.retrySend(message.clientMsgId));
     status.append(" ", retry);
   }
   bubble.append(status);
   return bubble;
 }
-
