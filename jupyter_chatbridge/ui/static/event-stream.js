@@ -32,6 +32,7 @@ export class EventStream {
     this.source = null;
     this.lastFrameId = null;
     this.timer = null;
+    this.retryInMs = null; // the delay of the pending reconnect (for tests and the console)
   }
 
   connect() {
@@ -90,6 +91,7 @@ export class EventStream {
     if (source.readyState === EventSource.CONNECTING && attempt === 1) return;
     const refused = source.readyState === EventSource.CLOSED;
     this.stop();
+    this.retryInMs = delayMs;
     this.timer = setTimeout(() => {
       this.timer = null;
       // A refused stream may mean the login expired: that is not worth retrying.

@@ -235,11 +235,6 @@ export class Outbox {
     return this.machine.failed;
   }
 
-  /** Messages of a session not yet accepted nor finally failed. */
-  pendingFor(sessionId) {
-    return this.queue.filter((m) => m.sessionId === sessionId).length;
-  }
-
   /** Queue a message; throws OutboxFull when the outbox is full. */
   enqueue(sessionId, text, clientMsgId = newClientMsgId()) {
     this.emit(this.machine.enqueue(sessionId, clientMsgId, text));

@@ -460,7 +460,11 @@ export class ChatPage {
       applied: view ? view.appliedSeqs.slice() : [],
       duplicatesDropped: view ? view.duplicates : 0,
       transcript: view ? view.snapshot() : null,
-      stream: { attempts: this.stream.budget.attempts },
+      stream: {
+        attempts: this.stream.budget.attempts,
+        reconnectPending: this.stream.timer !== null,
+        retryInMs: this.stream.retryInMs,
+      },
       gone: this.gone,
       live: this.live
         ? {

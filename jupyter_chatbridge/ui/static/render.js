@@ -20,13 +20,16 @@ export function drawPage(page) {
   const labels = {
     connecting: "connecting…",
     connected: "connected",
-    reconnecting: "reconnecting…",
     offline: "offline",
     "signed-out": "signed out: log in again",
   };
   const conn = page.$("conn-status");
   conn.dataset.state = page.status;
-  conn.textContent = labels[page.status] || page.status;
+  const { attempts, maxAttempts } = page.stream.budget;
+  conn.textContent =
+    page.status === "reconnecting"
+      ? `reconnecting, attempt ${attempts} of ${maxAttempts}…`
+      : labels[page.status] || page.status;
   if (page.status === "offline" || page.status === "signed-out") {
     const again = element("button", "inline", page.status === "offline" ? "Reconnect" : "Log in");
     again.type = "button";
@@ -52,6 +55,7 @@ export function drawPage(page) {
 
   const live = page.$("live-status");
   const ls = page.liveState;
+  live.dataset.state = ls ? ls.state : "";
   let liveText = "";
   if (view && !page.gone && ls) {
     if (ls.state === "reconnecting") {
