@@ -105,10 +105,19 @@ class Notebook:
         """The (first) chat panel on the page."""
         return self.page.locator(".chatbridge-panel").first
 
+    @property
+    def cells(self) -> Any:
+        """The cells of this notebook (its tab is the one shown)."""
+        return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+
     def open(self) -> None:
-        self.page.goto(f"{self.lab.url}lab/tree/{self.name}?token={self.lab.token}")
-        self.page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for()
+        # `reset`: a fresh workspace, not the tabs an earlier test left open.
+        self.page.goto(f"{self.lab.url}lab/tree/{self.name}?reset&token={self.lab.token}")
+        self.cells.first.locator(".cm-content").wait_for()
         self.wait_for_kernel("Idle")
+        open_sidebar = self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+        if open_sidebar.count():
+            open_sidebar.click()  # fold the file browser away: the notebook gets the width
 
     def wait_for_kernel(self, state: str) -> None:
         self.page.get_by_text(re.compile(rf"Python 3 \(ipykernel\) \| {state}")).wait_for()
@@ -116,12 +125,12 @@ class Notebook:
     def cell_running(self, index: int) -> bool:
         """Whether a cell is running now, by its prompt ("[*]:"). (The status bar is no proof:
         ipykernel 7 reports idle after each widget message it handles while a cell runs.)"""
-        prompt = self.page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").nth(index)
+        prompt = self.cells.nth(index).locator(".jp-InputPrompt")
         return str(prompt.inner_text()).strip() == "[*]:"
 
     def run_cell(self, index: int) -> None:
         """Run one cell in place (Ctrl+Enter) and wait until the kernel takes it."""
-        self.page.locator(".jp-Notebook .jp-Cell .cm-content").nth(index).click()
+        self.cells.nth(index).locator(".cm-content").click()
         self.page.keyboard.press("Control+Enter")
 
     def start_panel(self) -> None:
