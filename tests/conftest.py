@@ -12,6 +12,7 @@ from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.testing.seam import install_fault_seam
 
+from .fake_openai import FakeOpenAI
 from .support import Api, StreamFactory
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -89,3 +90,12 @@ def streams(
     factory = StreamFactory(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
     yield factory
     jp_asyncio_loop.run_until_complete(factory.close_all())
+
+
+@pytest.fixture
+def fake_openai(jp_asyncio_loop: Any) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on the test's event loop (tests/fake_openai.py)."""
+    fake = FakeOpenAI()
+    fake.listen()
+    yield fake
+    jp_asyncio_loop.run_until_complete(fake.stop())
