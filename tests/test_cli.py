@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import nbformat
 import pytest
 
-from jupyter_chatbridge.protocol.export import conversation, render
+from jupyter_chatbridge.protocol.export import conversation, ending, render
 from jupyter_chatbridge.server.cli import storefile
 from jupyter_chatbridge.server.store import SCHEMA_VERSION
 
@@ -195,17 +195,17 @@ def test_show_prints_who_said_what_and_how_each_answer_ended(
         f"user [seq {user[0]}]",
         "  hello there",
         "",
-        f"assistant [seq {answer[0]}, complete]",
+        f"agent [seq {answer[0]}, complete]",
         "  Slow: hello there",
         "",
         f"user [seq {user[1]}]",
         "  what is *markdown*?",
         "",
-        f"assistant [seq {answer[1]}, complete]",
+        f"agent [seq {answer[1]}, complete]",
         "  Slow: what is *markdown*?",
     ]
     broken = cli("show", "broken", f"--store-path={store}")
-    assert "assistant [seq 2, error]" in broken.stdout
+    assert "agent [seq 2, error]" in broken.stdout
     assert "  ! agent failed: model backend unavailable" in broken.stdout
 
 
@@ -224,13 +224,13 @@ def test_markdown_export_is_the_conversation(recorded: Recorded, tmp_path: Path)
     assert out.read_text() == (
         "# Chat session `demo`\n\n"
         "**User**\n\nhello there\n\n"
-        "**Assistant**\n\nSlow: hello there\n\n"
+        "**Agent**\n\nSlow: hello there\n\n"
         "**User**\n\nwhat is *markdown*?\n\n"
-        "**Assistant**\n\nSlow: what is *markdown*?\n"
+        "**Agent**\n\nSlow: what is *markdown*?\n"
     )
     broken = cli("export", "broken", f"--store-path={store}")  # markdown is the default
     assert broken.stdout.endswith(
-        "**Assistant**\n\nSlow:\n\n"
+        "**Agent**\n\nSlow:\n\n"
         "*The answer ended with an error: agent failed: model backend unavailable*\n"
     )
     # The same renderer the Python client uses, on the REST history: the same bytes.
@@ -249,9 +249,9 @@ def test_ipynb_export_opens_and_validates(recorded: Recorded, tmp_path: Path) ->
     assert sources[0] == "# Chat session `demo`"
     assert sources[1:] == [
         "**User**\n\nhello there",
-        "**Assistant**\n\nSlow: hello there",
+        "**Agent**\n\nSlow: hello there",
         "**User**\n\nwhat is *markdown*?",
-        "**Assistant**\n\nSlow: what is *markdown*?",
+        "**Agent**\n\nSlow: what is *markdown*?",
     ]
     assert notebook.metadata["chatbridge"] == {"sessionId": "demo"}
 
@@ -475,7 +475,9 @@ def test_an_open_answer_is_running_in_every_export() -> None:
         {"type": "message_start", "sessionId": "s", "seq": 2, "messageId": "m1", "replyTo": 1},
         {"type": "block_delta", "sessionId": "s", "seq": 3, "messageId": "m1", "text": "Hel"},
     ]
-    assert [m.ending for m in conversation(events)] == ["", "running"]
+    chat = conversation("s", events)
+    assert [(m.role, m.text) for m in chat.messages] == [("user", "hi"), ("agent", "Hel")]
+    assert ending(chat.messages[1]) == "running"
     assert "*The answer was still running when this was exported.*" in render(
         "markdown", "s", events
     )

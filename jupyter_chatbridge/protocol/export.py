@@ -4,8 +4,9 @@ Pure functions of `(session_id, events)`, where `events` are session event objec
 as the wire contract defines them (the REST history, the store's rows, the stream),
 so the `jupyter chatbridge` command and the Python client produce the same bytes.
 
-Turning events into a conversation (who said what, how each answer ended) is
-`conversation()`; the renderers only format its messages.
+Turning events into a conversation (who said what, how each answer ended) is the
+shared transcript reducer's job (`transcript.Transcript`, the rule every client
+shows); `conversation()` feeds it a history, and the renderers only format it.
 """
 
 from __future__ import annotations
@@ -15,81 +16,48 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from . import EventType, dumps
+from . import dumps
+from .transcript import Message, Transcript
 
 FORMATS: Final = ("jsonl", "markdown", "ipynb")
 """What `render` writes; `ipynb` is an nbformat v4 notebook of markdown cells."""
 
-FILE_SUFFIXES: Final = {"jsonl": ".jsonl", "markdown": ".md", "ipynb": ".ipynb"}
-
-Role = Literal["user", "assistant", "notice"]
-Ending = Literal["complete", "error", "running", ""]
+Ending = Literal["complete", "error", "running"]
 
 
 @dataclass(frozen=True)
-class ExportMessage:
-    """One entry of a conversation as it is exported."""
+class Conversation:
+    """What an export shows: the transcript's messages and two facts about the history."""
 
-    role: Role
-    text: str
-    seq: int
-    """The seq of the event that began it (the user message, the answer's start)."""
-    ending: Ending = ""
-    """How an answer ended: complete, error (see `error`) or still running."""
-    error: str = ""
+    session_id: str
+    messages: list[Message]
+    first_seq: int | None
+    """The seq of the oldest event given (history before it was trimmed), None if none."""
+    ended: bool
+    """The session ended (its `session_ended` event is in the history)."""
 
 
-def conversation(events: Sequence[Mapping[str, Any]]) -> list[ExportMessage]:
-    """Who said what, in seq order, and how each answer ended."""
-    messages: list[ExportMessage] = []
-    answers: dict[str, int] = {}  # messageId -> index in `messages`
-    ordered = sorted(events, key=lambda e: int(e.get("seq", 0)))
-    if ordered and int(ordered[0].get("seq", 1)) > 1:
-        first = int(ordered[0]["seq"])
-        messages.append(
-            ExportMessage("notice", f"Events before seq {first} were trimmed from history.", 0)
-        )
+def conversation(session_id: str, events: Sequence[Mapping[str, Any]]) -> Conversation:
+    """Who said what, and how each answer ended: the shared transcript reducer's reading."""
+    transcript = Transcript(session_id)
+    seqs = [seq for seq in (e.get("seq") for e in events) if isinstance(seq, int)]
+    for event in sorted(events, key=lambda e: int(e.get("seq", 0))):
+        transcript.session_event(event)
+    while transcript.gap is not None:  # a hole no history can fill: show what is there
+        transcript.skip_gap()
+    return Conversation(
+        session_id,
+        [m for m in transcript.ordered() if m.role != "notice" or m.text],
+        min(seqs) if seqs else None,
+        transcript.ended is not None,
+    )
 
-    def answer(event: Mapping[str, Any]) -> int:
-        # An answer whose start was trimmed still shows what is left of it.
-        message_id = str(event.get("messageId"))
-        if message_id not in answers:
-            answers[message_id] = len(messages)
-            messages.append(ExportMessage("assistant", "", int(event["seq"]), "running"))
-        return answers[message_id]
 
-    def update(index: int, **changes: Any) -> None:
-        old = messages[index]
-        messages[index] = ExportMessage(
-            old.role,
-            changes.get("text", old.text),
-            old.seq,
-            changes.get("ending", old.ending),
-            changes.get("error", old.error),
-        )
-
-    for event in ordered:
-        kind = event.get("type")
-        if kind == EventType.USER_MESSAGE:
-            messages.append(ExportMessage("user", str(event.get("text", "")), int(event["seq"])))
-        elif kind == EventType.MESSAGE_START:
-            answer(event)
-        elif kind == EventType.BLOCK_DELTA:
-            index = answer(event)
-            update(index, text=messages[index].text + str(event.get("text", "")))
-        elif kind == EventType.MESSAGE_END:
-            index = answer(event)
-            if messages[index].ending == "running":
-                update(index, ending="complete")
-        elif kind == EventType.ERROR:
-            text = str(event.get("message", ""))
-            if event.get("messageId") is not None:
-                update(answer(event), ending="error", error=text)
-            else:
-                messages.append(ExportMessage("notice", f"Error: {text}", int(event["seq"])))
-        elif kind == EventType.SESSION_ENDED:
-            messages.append(ExportMessage("notice", "The session ended.", int(event["seq"])))
-    return messages
+def ending(message: Message) -> Ending:
+    """How an agent's answer ended: complete, with an error, or not yet (running)."""
+    if message.error:
+        return "error"
+    return "complete" if message.done else "running"
 
 
 def _tidy(text: str) -> str:
@@ -97,18 +65,29 @@ def _tidy(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip("\n")
 
 
-_HEADINGS: Final = {"user": "User", "assistant": "Assistant"}
+_HEADINGS: Final = {"user": "User", "agent": "Agent"}
 
 
-def _ending_note(message: ExportMessage) -> str:
-    if message.ending == "error":
+def _ending_note(message: Message) -> str:
+    if message.role != "agent":
+        return ""
+    state = ending(message)
+    if state == "error":
         return f"The answer ended with an error: {message.error}"
-    if message.ending == "running":
+    if state == "running":
         return "The answer was still running when this was exported."
     return ""
 
 
-def message_markdown(message: ExportMessage) -> str:
+def _notices(chat: Conversation) -> tuple[list[str], list[str]]:
+    """What to say before and after the messages."""
+    before = []
+    if chat.first_seq is not None and chat.first_seq > 1:
+        before.append(f"Events before seq {chat.first_seq} were trimmed from history.")
+    return before, (["The session ended."] if chat.ended else [])
+
+
+def message_markdown(message: Message) -> str:
     """One message as a Markdown block (a notebook cell's source)."""
     if message.role == "notice":
         return f"*{message.text}*"
@@ -119,32 +98,38 @@ def message_markdown(message: ExportMessage) -> str:
     return "\n\n".join(parts)
 
 
-def to_markdown(session_id: str, messages: Sequence[ExportMessage]) -> str:
+def _blocks(chat: Conversation) -> list[tuple[str, str]]:
+    """(cell id, markdown) for the title, the notices and each message, in order."""
+    before, after = _notices(chat)
+    blocks = [("title", f"# Chat session `{chat.session_id}`")]
+    blocks.extend((f"notice-{i}", f"*{text}*") for i, text in enumerate(before))
+    blocks.extend(
+        (f"{m.role}-{m.seq}-{number}", message_markdown(m))
+        for number, m in enumerate(chat.messages)
+    )
+    blocks.extend((f"end-{i}", f"*{text}*") for i, text in enumerate(after))
+    return blocks
+
+
+def to_markdown(chat: Conversation) -> str:
     """The conversation as one Markdown document."""
-    blocks = [f"# Chat session `{session_id}`", *(message_markdown(m) for m in messages)]
-    return "\n\n".join(blocks) + "\n"
+    return "\n\n".join(markdown for _, markdown in _blocks(chat)) + "\n"
 
 
-def to_notebook(session_id: str, messages: Sequence[ExportMessage]) -> dict[str, Any]:
-    """An nbformat v4.5 notebook: a title cell, then one markdown cell per message.
+def to_notebook(chat: Conversation) -> dict[str, Any]:
+    """An nbformat v4.5 notebook: one markdown cell for the title and for each message.
 
     Cell ids derive from seqs, so exporting the same history twice gives the same file.
     """
-    cells = [_markdown_cell("title", f"# Chat session `{session_id}`")]
-    for number, message in enumerate(messages):
-        cells.append(
-            _markdown_cell(f"{message.role}-{message.seq}-{number}", message_markdown(message))
-        )
     return {
         "nbformat": 4,
         "nbformat_minor": 5,
-        "metadata": {"chatbridge": {"sessionId": session_id}},
-        "cells": cells,
+        "metadata": {"chatbridge": {"sessionId": chat.session_id}},
+        "cells": [
+            {"cell_type": "markdown", "id": cell_id, "metadata": {}, "source": markdown}
+            for cell_id, markdown in _blocks(chat)
+        ],
     }
-
-
-def _markdown_cell(cell_id: str, source: str) -> dict[str, Any]:
-    return {"cell_type": "markdown", "id": cell_id, "metadata": {}, "source": source}
 
 
 def to_jsonl(events: Sequence[Mapping[str, Any]]) -> str:
@@ -153,19 +138,24 @@ def to_jsonl(events: Sequence[Mapping[str, Any]]) -> str:
     return "".join(dumps(dict(event)) + "\n" for event in ordered)
 
 
-def to_text(session_id: str, messages: Sequence[ExportMessage]) -> str:
+def to_text(chat: Conversation) -> str:
     """The conversation for a terminal: a heading per message, its text indented."""
-    lines = [f"session {session_id}"]
-    for message in messages:
+    before, after = _notices(chat)
+    lines = [f"session {chat.session_id}"]
+    lines.extend(f"({text})" for text in before)
+    for message in chat.messages:
         lines.append("")
         if message.role == "notice":
             lines.append(f"({message.text})")
             continue
-        state = f", {message.ending}" if message.ending else ""
+        state = f", {ending(message)}" if message.role == "agent" else ""
         lines.append(f"{message.role} [seq {message.seq}{state}]")
         lines.extend("  " + line for line in (_tidy(message.text) or "(no text)").splitlines())
-        if message.ending == "error":
+        if message.role == "agent" and message.error:
             lines.append(f"  ! {message.error}")
+    if after:
+        lines.append("")
+        lines.extend(f"({text})" for text in after)
     return "\n".join(lines) + "\n"
 
 
@@ -173,9 +163,9 @@ def render(fmt: str, session_id: str, events: Sequence[Mapping[str, Any]]) -> st
     """The export of `events` in `fmt` (one of `FORMATS`), as the text of a file."""
     if fmt == "jsonl":
         return to_jsonl(events)
-    messages = conversation(events)
+    chat = conversation(session_id, events)
     if fmt == "markdown":
-        return to_markdown(session_id, messages)
+        return to_markdown(chat)
     if fmt == "ipynb":
-        return json.dumps(to_notebook(session_id, messages), indent=1, ensure_ascii=False) + "\n"
+        return json.dumps(to_notebook(chat), indent=1, ensure_ascii=False) + "\n"
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")

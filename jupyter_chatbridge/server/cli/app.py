@@ -153,7 +153,7 @@ class ShowCommand(StoreCommand):
         """Print the conversation."""
         session_id = self.session_id()
         events = self.store().events(session_id)
-        sys.stdout.write(to_text(session_id, conversation(events)))
+        sys.stdout.write(to_text(conversation(session_id, events)))
 
 
 class ExportCommand(StoreCommand):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ...protocol.export import conversation
+from ...protocol.export import conversation, ending
 
 try:
     import fcntl
@@ -183,7 +183,8 @@ class StoreFile:
                 {"id": session_id},
             )
         ]
-        return any(m.ending == "running" for m in conversation(tail) if m.role == "assistant")
+        chat = conversation(session_id, tail)
+        return any(ending(m) == "running" for m in chat.messages if m.role == "agent")
 
     def has_session(self, session_id: str) -> bool:
         """Whether the store holds this session."""
