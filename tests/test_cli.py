@@ -101,6 +101,8 @@ def make_server(root: Path, delay: float = 0.01) -> ServerProcess:
 
 @dataclass
 class Recorded:
+    root: Path
+    """The folder the server ran in, with its JUPYTER_DATA_DIR (data/) inside."""
     store: Path
     histories: dict[str, Events]
 
@@ -123,13 +125,18 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
         histories = {s: history(server, s) for s in ("demo", "broken", "empty")}
     finally:
         server.stop()
-    # Where ChatBridgeApp.store_path's default put it (JUPYTER_DATA_DIR is the root's data/).
-    store = server.root / "data" / "chatbridge" / "sessions.sqlite3"
-    assert store.is_file()
-    yield Recorded(store, histories)
+    yield Recorded(server.root, default_store(server.root), histories)
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def default_store(root: Path) -> Path:
+    """The one store a server in `root` made where ChatBridgeApp.store_path's default said."""
+    (store,) = (root / "data").glob("**/sessions.sqlite3")  # JUPYTER_DATA_DIR is root/data
+    return store
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """`jupyter chatbridge ARGS` in a subprocess running this tree's code."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run(
@@ -137,6 +144,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         env=environment,
+        cwd=cwd,
         timeout=60,
     )
 
@@ -259,10 +267,13 @@ def test_ipynb_export_opens_and_validates(recorded: Recorded, tmp_path: Path) ->
 def test_the_default_and_the_configured_store_are_found_as_the_server_finds_them(
     recorded: Recorded, tmp_path: Path
 ) -> None:
-    data_dir = recorded.store.parent.parent  # the recording server's JUPYTER_DATA_DIR
-    by_default = cli("sessions", env={"JUPYTER_DATA_DIR": str(data_dir)})
+    # Where the server ran (its folder, its JUPYTER_DATA_DIR): the same store, by default.
+    env = {"JUPYTER_DATA_DIR": str(recorded.root / "data")}
+    by_default = cli("sessions", env=env, cwd=recorded.root)
     assert by_default.returncode == 0, by_default.stderr
     assert "demo" in by_default.stdout
+    from_elsewhere = cli("show", "demo", f"--root-dir={recorded.root}", env=env, cwd=tmp_path)
+    assert from_elsewhere.returncode == 0, from_elsewhere.stderr
     store = copy_store(recorded, tmp_path)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
@@ -377,64 +388,60 @@ def test_check_finds_holes_in_seqs_and_receipts_without_their_message(
 
 
 def test_reads_work_while_a_server_runs_and_delete_waits_until_it_stopped(
-    recorded: Recorded, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     root = tmp_path / "live"
-    default_store = root / "data" / "chatbridge" / "sessions.sqlite3"
-    default_store.parent.mkdir(parents=True)
-    shutil.copyfile(recorded.store, default_store)  # the server restores these sessions
     server = make_server(root, delay=0.3)
-    env = {"JUPYTER_DATA_DIR": str(root / "data")}  # the command finds the default store
+    # The command finds the store as the server did: same folder, same data dir.
+    env = {"JUPYTER_DATA_DIR": str(root / "data")}
+
+    def live_row() -> list[str]:
+        result = cli("sessions", env=env, cwd=root)
+        assert result.returncode == 0, result.stderr
+        rows = [row.split() for row in result.stdout.splitlines()]
+        return next((row for row in rows if row[0] == "live"), [])
+
     try:
         run_async(server.start)
+        assert rest(server, "POST", "sessions", {"sessionId": "kept"})[0] == 201
+        exchange(server, "kept", "hi")
+        kept = history(server, "kept")
         assert rest(server, "POST", "sessions", {"sessionId": "live"})[0] == 201
-        code, _ = rest(
-            server,
-            "POST",
-            "send",
-            {"sessionId": "live", "clientMsgId": "l1", "text": "a b c d e f"},
-        )
-        assert code == 202
-
-        def live_row() -> list[str]:
-            result = cli("sessions", f"--store-path={default_store}")
-            assert result.returncode == 0, result.stderr
-            rows = [row.split() for row in result.stdout.splitlines()]
-            return next((row for row in rows if row[0] == "live"), [])
-
+        send = {"sessionId": "live", "clientMsgId": "l1", "text": "a b c d e f"}
+        assert rest(server, "POST", "send", send)[0] == 202
         wait_until(lambda: live_row()[-1:] == ["yes"], "the open answer to reach the store")
         answered(server, "live", 1)
         wait_until(lambda: live_row()[-1:] == ["no"], "the answer's end to reach the store")
-        show = cli("show", "live", env=env)
+        show = cli("show", "live", env=env, cwd=root)
         assert show.returncode == 0, show.stderr
         assert "  Slow: a b c d e f" in show.stdout
+        live = history(server, "live")
+        assert live_row()[1:4] == [str(len(live)), f"#{live[-1]['seq']}", "message_end"]
 
-        before = digest(default_store.parent)
-        line = refused(cli("delete", "demo", env=env), "refused", "running server")
+        store = default_store(root)
+        before = store.read_bytes()
+        line = refused(cli("delete", "live", env=env, cwd=root), "refused", "running server")
         assert server.process is not None
         assert f"pid {server.process.pid}" in line
-        assert "DELETE chatbridge/api/sessions/demo" in line
-        assert rest(server, "GET", "sessions/demo")[0] == 200
-        assert digest(default_store.parent)["sessions.sqlite3"] == before["sessions.sqlite3"]
+        assert "DELETE chatbridge/api/sessions/live" in line
+        assert rest(server, "GET", "sessions/live")[0] == 200
+        assert store.read_bytes() == before
     finally:
         server.stop()
 
-    deleted = cli("delete", "demo", env=env)
+    deleted = cli("delete", "live", env=env, cwd=root)
     assert deleted.returncode == 0, deleted.stderr
-    assert (
-        deleted.stdout == f"deleted session demo ({len(recorded.histories['demo'])} events)"
-        f" from {default_store}\n"
-    )
-    listed = cli("sessions", env=env)
-    assert [row.split()[0] for row in listed.stdout.splitlines()[1:]] == ["broken", "empty", "live"]
-    assert cli("check", env=env).returncode == 0
-    refused(cli("show", "demo", env=env), "no session 'demo'")
+    assert deleted.stdout == f"deleted session live ({len(live)} events) from {store}\n"
+    listed = cli("sessions", env=env, cwd=root)
+    assert [row.split()[0] for row in listed.stdout.splitlines()[1:]] == ["kept"]
+    assert cli("check", env=env, cwd=root).returncode == 0
+    refused(cli("show", "live", env=env, cwd=root), "no session 'live'")
 
     again = make_server(root)
-    try:  # the next server agrees: the session is gone, the others are still there
+    try:  # the next server agrees: that session is gone, the other one is intact
         run_async(again.start)
-        assert rest(again, "GET", "sessions/demo")[0] == 404
-        assert history(again, "broken") == recorded.histories["broken"]
+        assert rest(again, "GET", "sessions/live")[0] == 404
+        assert history(again, "kept") == kept
     finally:
         again.stop()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
-from traitlets import Enum, Unicode, default
+from traitlets import Enum, TraitError, Unicode, default
 from traitlets.config import Application
 
 from ...protocol.export import FORMATS, conversation, render, to_text
@@ -35,12 +35,16 @@ if TYPE_CHECKING:
 def server_extension(config: Config | None = None) -> ChatBridgeApp:
     """The extension app as the server would configure it: the one source of its defaults.
 
-    Imported here, not at the top: jupyter_server takes seconds to import, and a command
-    given --store-path never needs it.
+    It is given a (never started) `ServerApp` of the same config, because a default
+    may depend on the server (its root folder). Imported here, not at the top:
+    jupyter_server takes seconds to import, and a command given --store-path never
+    needs it.
     """
+    from jupyter_server.serverapp import ServerApp
+
     from ..app import ChatBridgeApp
 
-    return ChatBridgeApp(config=config)
+    return ChatBridgeApp(config=config, serverapp=ServerApp(config=config))
 
 
 class CommandError(Exception):
@@ -57,9 +61,16 @@ class StoreCommand(JupyterApp):
         help="The session store file. Default: the server's c.ChatBridgeApp.store_path "
         "from the Jupyter config files, else its default.",
     )
+    root_dir = Unicode(
+        "",
+        config=True,
+        help="The folder the server runs in (c.ServerApp.root_dir; default: the current "
+        "folder), for a default store path that depends on it.",
+    )
     aliases: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         **base_aliases,
         "store-path": "StoreCommand.store_path",
+        "root-dir": "StoreCommand.root_dir",
     }
     flags: ClassVar[dict[str, Any]] = dict(base_flags)  # type: ignore[misc]
 
@@ -77,7 +88,15 @@ class StoreCommand(JupyterApp):
 
     def store(self) -> StoreFile:
         """The store file to work on."""
-        path = self.store_path or server_extension(self.config).store_path
+        path = self.store_path
+        if not path:
+            config = self.config.copy()
+            if self.root_dir:
+                config.ServerApp.root_dir = self.root_dir
+            try:
+                path = server_extension(config).store_path
+            except TraitError as exc:  # e.g. a root folder that does not exist
+                raise CommandError(str(exc)) from exc
         if path == MEMORY:
             raise CommandError(
                 f'the server is configured with store_path "{MEMORY}": its sessions are not '
