@@ -10,6 +10,7 @@ from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.testing.seam import install_fault_seam
 
 from .support import Api, StreamFactory
 
@@ -31,7 +32,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
 
 
 @pytest.fixture
-def jp_server_config(clock: FakeScheduler, request: pytest.FixtureRequest) -> Config:
+def jp_server_config(
+    clock: FakeScheduler, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Config:
+    # Scripted send faults (settings["chatbridge_faults"]) for the client tests.
+    install_fault_seam(monkeypatch)
     traits: dict[str, Any] = {"inactive_ttl": 60.0, "heartbeat_interval": 15.0}
     traits["store_path"] = ":memory:"  # durable-store tests: test_store.py, test_restart.py
     marker = request.node.get_closest_marker("chatbridge")

@@ -64,7 +64,7 @@ class EchoAgent(Agent):
     )
     prefix = Unicode("Echo: ", help="Text that starts every answer.").tag(config=True)
 
-    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:
         prefix = self.settings.get("prefix")
         yield prefix if isinstance(prefix, str) else self.prefix
         for chunk in re.findall(r"\S+\s*|\s+", message.text):
