@@ -274,6 +274,8 @@ def test_the_default_and_the_configured_store_are_found_as_the_server_finds_them
     assert "demo" in by_default.stdout
     from_elsewhere = cli("show", "demo", f"--root-dir={recorded.root}", env=env, cwd=tmp_path)
     assert from_elsewhere.returncode == 0, from_elsewhere.stderr
+    # Another folder is another server's store: there is none.
+    refused(cli("sessions", env=env, cwd=tmp_path), "no session store at")
     store = copy_store(recorded, tmp_path)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
@@ -396,7 +398,8 @@ def test_reads_work_while_a_server_runs_and_delete_waits_until_it_stopped(
     env = {"JUPYTER_DATA_DIR": str(root / "data")}
 
     def live_row() -> list[str]:
-        result = cli("sessions", env=env, cwd=root)
+        # --store-path: no jupyter_server to import, so a poll is quick next to an answer.
+        result = cli("sessions", f"--store-path={default_store(root)}")
         assert result.returncode == 0, result.stderr
         rows = [row.split() for row in result.stdout.splitlines()]
         return next((row for row in rows if row[0] == "live"), [])
@@ -407,14 +410,15 @@ def test_reads_work_while_a_server_runs_and_delete_waits_until_it_stopped(
         exchange(server, "kept", "hi")
         kept = history(server, "kept")
         assert rest(server, "POST", "sessions", {"sessionId": "live"})[0] == 201
-        send = {"sessionId": "live", "clientMsgId": "l1", "text": "a b c d e f"}
+        words = " ".join(f"w{i}" for i in range(20))  # 6 s of answer at 0.3 s a word
+        send = {"sessionId": "live", "clientMsgId": "l1", "text": words}
         assert rest(server, "POST", "send", send)[0] == 202
         wait_until(lambda: live_row()[-1:] == ["yes"], "the open answer to reach the store")
         answered(server, "live", 1)
         wait_until(lambda: live_row()[-1:] == ["no"], "the answer's end to reach the store")
         show = cli("show", "live", env=env, cwd=root)
         assert show.returncode == 0, show.stderr
-        assert "  Slow: a b c d e f" in show.stdout
+        assert f"  Slow: {words}" in show.stdout
         live = history(server, "live")
         assert live_row()[1:4] == [str(len(live)), f"#{live[-1]['seq']}", "message_end"]
 
@@ -424,6 +428,9 @@ def test_reads_work_while_a_server_runs_and_delete_waits_until_it_stopped(
         assert server.process is not None
         assert f"pid {server.process.pid}" in line
         assert "DELETE chatbridge/api/sessions/live" in line
+        link = tmp_path / "link.sqlite3"  # the lock is the file's, whatever path names it
+        link.symlink_to(store)
+        refused(cli("delete", "live", f"--store-path={link}"), "refused", "running server")
         assert rest(server, "GET", "sessions/live")[0] == 200
         assert store.read_bytes() == before
     finally:

@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from traitlets import Enum, TraitError, Unicode, default
-from traitlets.config import Application
+from traitlets.config import Application, Config
 
 from ...protocol.export import FORMATS, conversation, render, to_text
-from ..store import MEMORY, StoreError, open_store
+from ..store import MEMORY, StoreError, StoreLocked, open_store
 from .check import check_store
 from .storefile import StoreFile, StoreFileError, lock_holder
 
 if TYPE_CHECKING:
-    from traitlets.config import Config
-
     from ..app import ChatBridgeApp
 
 
@@ -90,7 +88,8 @@ class StoreCommand(JupyterApp):
         """The store file to work on."""
         path = self.store_path
         if not path:
-            config = self.config.copy()
+            config = Config()
+            config.merge(self.config)
             if self.root_dir:
                 config.ServerApp.root_dir = self.root_dir
             try:
@@ -240,23 +239,29 @@ class DeleteCommand(StoreCommand):
         count = len(store.events(session_id))  # unknown session or damaged file: refused
         holder = lock_holder(store.path)
         if holder is not None:
-            raise CommandError(
-                f"refused: {store.path} is in use by a running server (pid {holder}); stop "
-                f"it first, or delete through its API (DELETE chatbridge/api/sessions/"
-                f"{session_id})"
-            )
+            raise _in_use(store.path, holder, session_id)
         if sys.stdin.isatty() and not self.answer_yes:
             reply = input(f"Delete session {session_id!r} ({count} events)? [y/N] ")
             if not reply.lower().startswith("y"):
                 raise CommandError("not deleted")
         # The server's store takes the lock itself: a server starting meanwhile is refused.
-        writer = open_store(store.path)
+        try:
+            writer = open_store(store.path)
+        except StoreLocked as exc:  # a server started since the probe
+            raise _in_use(store.path, exc.pid, session_id) from exc
         try:
             writer.delete_session(session_id)
             asyncio.run(writer.flush())
         finally:
             writer.close()
         print(f"deleted session {session_id} ({count} events) from {store.path}")
+
+
+def _in_use(path: Path, pid: str, session_id: str) -> CommandError:
+    return CommandError(
+        f"refused: {path} is in use by a running server (pid {pid}); stop it first, "
+        f"or delete through its API (DELETE chatbridge/api/sessions/{session_id})"
+    )
 
 
 class CheckCommand(StoreCommand):

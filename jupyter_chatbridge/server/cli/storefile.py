@@ -1,7 +1,7 @@
 """Read a session store file from outside the server, safely while a server runs.
 
-This depends only on the store's table layout (schema version 1), not on the
-server's store code: it opens the file read-only through SQLite (WAL readers never
+This depends only on the store's table layout (schema version 1) and its lock
+file, not on the server's store code: it opens the file read-only through SQLite (WAL readers never
 block the server's writer, and the server never waits for us) and reads each
 answer inside one transaction, so it sees one consistent snapshot.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...protocol.export import conversation, ending
+from ..store.lock import lock_path_for, read_holder
 
 try:
     import fcntl
@@ -54,28 +55,25 @@ class SessionSummary:
     """An answer is open: its `message_start` has no `message_end` yet."""
 
 
-def lock_path(store: Path) -> Path:
-    """The lock file a running server holds beside its store."""
-    return store.with_name(store.name + ".lock")
-
-
 def lock_holder(store: Path) -> str | None:
     """The pid (as the lock file says) of the live process holding the store, or None.
 
-    Only probes: the lock file is opened read-only and never created, and a lock
+    The lock is the server's own (`store.lock`: where it lives, what it holds). This
+    only probes it: the lock file is opened read-only and never created, and a lock
     taken for the probe is released at once.
     """
     if fcntl is None:  # pragma: no cover
         return None
+    path = lock_path_for(store)
     try:
-        fd = os.open(lock_path(store), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            return read_holder(path)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
