@@ -453,6 +453,30 @@ def test_reads_work_while_a_server_runs_and_delete_waits_until_it_stopped(
         again.stop()
 
 
+def test_a_store_left_by_a_crashed_server_reads_in_full(tmp_path: Path) -> None:
+    # SIGKILL: the server never checkpoints, so committed events live only in the -wal file.
+    root = tmp_path / "crashed"
+    server = make_server(root)
+    try:
+        run_async(server.start)
+        assert rest(server, "POST", "sessions", {"sessionId": "demo"})[0] == 201
+        exchange(server, "demo", "still here")
+        events = history(server, "demo")
+        store = default_store(root)
+
+        def stored() -> list[Any]:
+            result = cli("export", "demo", "--format=jsonl", f"--store-path={store}")
+            return [json.loads(line) for line in result.stdout.splitlines()]
+
+        wait_until(lambda: stored() == events, "the answer to be committed")
+    finally:
+        server.kill()
+    wal = store.with_name(store.name + "-wal")
+    assert wal.stat().st_size > 0
+    assert stored() == events
+    assert cli("check", f"--store-path={store}").returncode == 0
+
+
 # -- the command itself ---------------------------------------------------------------------
 
 
@@ -481,6 +505,23 @@ def test_the_console_script_is_jupyters_usual_entry_point() -> None:
 def test_the_reader_knows_the_stores_schema_version() -> None:
     # A schema change in the server's store must come with a reader that knows it.
     assert storefile.SCHEMA_VERSION == SCHEMA_VERSION
+
+
+def test_exports_say_when_history_was_trimmed_and_the_session_ended() -> None:
+    events = [  # the answer's start and its user message were trimmed away
+        {"type": "block_delta", "sessionId": "s", "seq": 7, "messageId": "m1", "text": "tail"},
+        {"type": "message_end", "sessionId": "s", "seq": 8, "messageId": "m1"},
+        {"type": "session_ended", "sessionId": "s", "seq": 9},
+    ]
+    assert render("markdown", "s", events) == (
+        "# Chat session `s`\n\n"
+        "*Events before seq 7 were trimmed from history.*\n\n"
+        "**Agent**\n\ntail\n\n"
+        "*The session ended.*\n"
+    )
+    notebook = nbformat.reads(render("ipynb", "s", events), as_version=4)
+    nbformat.validate(notebook)
+    assert len({cell.id for cell in notebook.cells}) == len(notebook.cells) == 4
 
 
 def test_an_open_answer_is_running_in_every_export() -> None:
