@@ -91,6 +91,8 @@ class StoreCommand(JupyterApp):
             config = Config()
             config.merge(self.config)
             if self.root_dir:
+                if not Path(self.root_dir).expanduser().is_dir():
+                    raise CommandError(f"no folder {self.root_dir} (--root-dir)")
                 config.ServerApp.root_dir = self.root_dir
             try:
                 path = server_extension(config).store_path
@@ -309,11 +311,9 @@ class ChatBridgeCommand(JupyterApp):
         """Run the subcommand; without one, say which there are."""
         if self.subapp is None:
             names = ", ".join(self.subcommands)
-            what = (
-                f"unknown subcommand {self.extra_args[0]!r}"
-                if self.extra_args
-                else ("give a subcommand")
-            )
+            what = "give a subcommand"
+            if self.extra_args:
+                what = f"unknown subcommand {self.extra_args[0]!r}"
             print(f"jupyter chatbridge: {what}: {names} (see --help)", file=sys.stderr)
             self.exit(1)
         super().start()
