@@ -86,3 +86,14 @@ class ServerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: a clean shutdown, with the extension's stop hook (the store closes)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        self.kill()  # closes the log
