@@ -1,8 +1,8 @@
-"""The session stores: one contract both must keep, SQLite specifics, and restore.
+"""The session stores: one contract both must keep, and SQLite specifics.
 
-The contract tests run against `MemoryStore` and `SqliteStore` alike; the
-restore tests rebuild a `ChatBridge` from what an earlier one stored, in one
-process (the real-process restarts are in test_restart.py).
+The contract tests run against `MemoryStore` and `SqliteStore` alike. Restoring a
+bridge from a store is in test_store_restore.py, real-process restarts in
+test_restart.py, the lock and failed commits in test_store_faults.py.
 """
 
 from __future__ import annotations

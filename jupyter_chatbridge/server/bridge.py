@@ -102,6 +102,8 @@ class ChatBridge:
 
     @store.setter
     def store(self, store: SessionStore) -> None:
+        # Replaces the commit barrier only (a wrapper around the same store, as the tests
+        # use); the sessions keep writing to the store they were built with.
         self.session_service.store = store
 
     @property
