@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from jupyter_chatbridge.server.bridge import ChatBridge
-from jupyter_chatbridge.server.store import SqliteStore, StoreLocked
+from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.agents import EchoAgent
+from jupyter_chatbridge.server.bridge import BridgeError, BridgeLimits, ChatBridge
+from jupyter_chatbridge.server.store import MemoryStore, SqliteStore, StoreError, StoreLocked
 
 from .support import Api, eventually
 
@@ -145,3 +148,49 @@ async def test_a_failed_commit_is_503_leaves_no_receipt_and_a_retry_succeeds(
     await store.flush()
     (stored,) = store.load()  # what a restart restores
     assert [r.client_msg_id for r in stored.receipts] == ["m1", "m2"]
+
+
+# -- a duplicate waiting while the first attempt's commit fails ----------------------------------
+
+
+class ScriptedFlush(MemoryStore):
+    """A memory store whose flushes resolve when the test says, failing or not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[asyncio.Future[None]] = []
+
+    async def flush(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        await future
+
+
+async def test_a_duplicate_whose_first_attempt_failed_meanwhile_is_not_called_accepted() -> None:
+    store = ScriptedFlush()
+    bridge = ChatBridge(
+        BridgeLimits(),
+        FakeScheduler(),
+        lambda session_id, settings: EchoAgent(session_id=session_id, chunk_delay=0.0),
+        store=store,
+    )
+    bridge.create_session("s1")
+    first = asyncio.ensure_future(bridge.send_durably("s1", "m1", "hi", None))
+    await eventually(lambda: len(store.waiting) == 1)
+    retry = asyncio.ensure_future(bridge.send_durably("s1", "m1", "hi", None))  # a client retry
+    await eventually(lambda: len(store.waiting) == 2)
+    # The first attempt's commit fails; the retry's barrier (later in the queue) succeeds.
+    store.waiting[0].set_exception(StoreError("disk I/O error"))
+    store.waiting[1].set_result(None)
+    for attempt in (first, retry):
+        with pytest.raises(BridgeError) as caught:
+            await attempt
+        assert caught.value.status == 503
+    assert bridge.session("s1").log.receipt("m1") is None
+    # The next retry writes the message again and, committed, is answered with its seq.
+    again = asyncio.ensure_future(bridge.send_durably("s1", "m1", "hi", None))
+    await eventually(lambda: len(store.waiting) == 3)
+    store.waiting[2].set_result(None)
+    result = await again
+    assert (result.receipt.seq, result.duplicate) == (1, True)
+    await bridge.shutdown()
