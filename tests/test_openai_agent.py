@@ -243,7 +243,7 @@ async def test_a_wrong_key_says_check_the_api_key_and_never_echoes_it(
     assert wrong not in text and wrong[-4:] not in text and "***" not in text
     fake_openai.api_key = "sk-needed-but-unset-0000"
     text = await failure(make_agent(api_key=""), message("hi"))
-    assert "none is set: set OPENAI_API_KEY" in text
+    assert "none is set: set $OPENAI_API_KEY" in text
 
 
 async def test_an_unknown_model_is_named_with_the_base_url(

@@ -152,9 +152,15 @@ class OpenAIAgent(Agent):
     model = Unicode("gpt-4o-mini", help="The model to ask (a session may override it).").tag(
         config=True
     )
+    api_key_env = Unicode(
+        "OPENAI_API_KEY",
+        help="The environment variable the API key is read from when api_key is not set.",
+    ).tag(config=True)
     api_key = Unicode(
-        help="The API key; default $OPENAI_API_KEY. Local servers need none. "
-        "It is sent only as the Authorization header: never logged, never in an event."
+        help="The API key; default: the variable named by api_key_env ($OPENAI_API_KEY). "
+        "Local servers need none. It is sent only as the Authorization header and kept out "
+        "of this agent's logs, events and errors; prefer the environment variable, since "
+        "jupyter_server logs its whole configuration at debug level."
     ).tag(config=True)
     system_prompt = Unicode("", help="Sent first in every request; empty sends none.").tag(
         config=True
@@ -194,7 +200,7 @@ class OpenAIAgent(Agent):
 
     @default("api_key")
     def _default_api_key(self) -> str:
-        return os.environ.get("OPENAI_API_KEY", "")
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
     @default("scheduler")
     def _default_scheduler(self) -> LoopScheduler:

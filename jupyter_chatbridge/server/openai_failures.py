@@ -136,7 +136,7 @@ def _status_message(exc: openai.APIStatusError, target: Target, after: str) -> s
         if not target.api_key:
             return (
                 f"{url} needs an API key (401) and none is set: "
-                "set OPENAI_API_KEY or c.OpenAIAgent.api_key"
+                "set $OPENAI_API_KEY (or the variable c.OpenAIAgent.api_key_env names)"
             )
         return (
             f"{url} refused the API key (401): check the API key "
