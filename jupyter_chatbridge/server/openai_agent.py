@@ -296,21 +296,14 @@ class OpenAIAgent(Agent):
         self, params: dict[str, Any], target: Target
     ) -> tuple[AsyncStream[ChatCompletionChunk], list[ChatCompletionChunk]]:
         """Open the stream and read up to its first text, retrying what may be retried."""
-        from .openai_failures import ProviderError, describe, retry_delay, scrub
+        from .openai_failures import ProviderError, describe, no_first_token, retry_delay
 
         attempt = 0
         while True:
             try:
                 return await self._within(self.timeout, self._first_text(params))
             except FirstTokenTimeout:
-                raise ProviderError(
-                    scrub(
-                        f"no answer from {target.base_url} within {self.timeout:g}s "
-                        f"(model {target.model!r}): the server may be busy or still loading "
-                        "the model; c.OpenAIAgent.timeout sets how long to wait",
-                        target.api_key,
-                    )
-                ) from None
+                raise ProviderError(no_first_token(target)) from None
             except Exception as exc:
                 delay = retry_delay(exc, attempt, self.max_retries, self.max_retry_wait)
                 if delay is None:

@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 
@@ -36,7 +36,7 @@ class Target:
 
     base_url: str
     model: str
-    api_key: str
+    api_key: str = field(repr=False)
     timeout: float
     stall_timeout: float
     max_tokens: int | None
@@ -97,6 +97,16 @@ def describe(exc: Exception, target: Target, *, retries: int = 0, midway: bool =
     """A message the user can act on for a failure of the SDK (`openai.OpenAIError`),
     without the API key; `midway` when text had already streamed."""
     return scrub(_describe(exc, target, retries, midway), target.api_key)
+
+
+def no_first_token(target: Target) -> str:
+    """The message for an attempt that got no text within the first-token time-out."""
+    return scrub(
+        f"no answer from {target.base_url} within {target.timeout:g}s (model {target.model!r}): "
+        "the server may be busy or still loading the model; c.OpenAIAgent.timeout sets how "
+        "long to wait",
+        target.api_key,
+    )
 
 
 def cut_short(finish_reason: str | None, target: Target) -> str | None:
