@@ -43,9 +43,7 @@ lint: $(BIN)/python
 	$(BIN)/ruff check jupyter_chatbridge tests
 	$(BIN)/ruff format --check jupyter_chatbridge tests
 	$(BIN)/mypy jupyter_chatbridge/server/state jupyter_chatbridge/protocol jupyter_chatbridge/client \
-		jupyter_chatbridge/clock.py jupyter_chatbridge/server/store.py jupyter_chatbridge/ui/chatview.py \
-		jupyter_chatbridge/server/context.py jupyter_chatbridge/server/openai_agent.py \
-		jupyter_chatbridge/server/openai_failures.py
+		jupyter_chatbridge/clock.py jupyter_chatbridge/server/store.py jupyter_chatbridge/ui/chatview.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts
