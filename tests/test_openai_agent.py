@@ -7,10 +7,12 @@ server's streaming pace is real (a few milliseconds, where streaming needs it).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -23,7 +25,7 @@ from jupyter_chatbridge.protocol import EventType
 from jupyter_chatbridge.server.agents import Ending, Role, Turn, UserMessage
 from jupyter_chatbridge.server.context import conversation_before
 from jupyter_chatbridge.server.openai_agent import INSTALL_HINT, MissingExtraError, OpenAIAgent
-from jupyter_chatbridge.server.openai_failures import ProviderError
+from jupyter_chatbridge.server.openai_failures import ProviderError, retry_after, scrub
 from jupyter_chatbridge.server.state import EventLog
 
 from .fake_openai import (
@@ -243,7 +245,7 @@ async def test_a_wrong_key_says_check_the_api_key_and_never_echoes_it(
     assert wrong not in text and wrong[-4:] not in text and "***" not in text
     fake_openai.api_key = "sk-needed-but-unset-0000"
     text = await failure(make_agent(api_key=""), message("hi"))
-    assert "none is set: set OPENAI_API_KEY" in text
+    assert "none is set: set $OPENAI_API_KEY" in text
 
 
 async def test_an_unknown_model_is_named_with_the_base_url(
@@ -418,6 +420,21 @@ async def test_the_api_key_never_reaches_logs_or_error_texts(
     recorded = json.dumps([r.summary() for r in fake_openai.requests])
     for haystack in [caplog.text, recorded, *texts]:
         assert KEY not in haystack and KEY[-8:] not in haystack
+
+
+def test_retry_after_is_read_as_the_sdk_reads_it() -> None:
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"retry-after": "7"}) == 7.0
+    assert retry_after({"retry-after": "0.25"}) == 0.25
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < (retry_after({"retry-after": later}) or 0) <= 30
+    assert retry_after({"retry-after": "soon"}) is None
+    assert retry_after({}) is None
+
+
+def test_scrub_removes_the_key_and_masked_keys() -> None:
+    text = f"bad key {KEY}; Incorrect API key provided: sk-abc*************wxyz."
+    assert scrub(text, KEY) == "bad key [api key]; Incorrect API key provided: [api key]"
 
 
 # -- stopping closes the upstream stream ----------------------------------------------

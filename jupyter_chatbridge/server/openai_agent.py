@@ -152,9 +152,15 @@ class OpenAIAgent(Agent):
     model = Unicode("gpt-4o-mini", help="The model to ask (a session may override it).").tag(
         config=True
     )
+    api_key_env = Unicode(
+        "OPENAI_API_KEY",
+        help="The environment variable the API key is read from when api_key is not set.",
+    ).tag(config=True)
     api_key = Unicode(
-        help="The API key; default $OPENAI_API_KEY. Local servers need none. "
-        "It is sent only as the Authorization header: never logged, never in an event."
+        help="The API key; default: the variable named by api_key_env ($OPENAI_API_KEY). "
+        "Local servers need none. It is sent only as the Authorization header and kept out "
+        "of this agent's logs, events and errors; prefer the environment variable, since "
+        "jupyter_server logs its whole configuration at debug level."
     ).tag(config=True)
     system_prompt = Unicode("", help="Sent first in every request; empty sends none.").tag(
         config=True
@@ -194,7 +200,7 @@ class OpenAIAgent(Agent):
 
     @default("api_key")
     def _default_api_key(self) -> str:
-        return os.environ.get("OPENAI_API_KEY", "")
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
     @default("scheduler")
     def _default_scheduler(self) -> LoopScheduler:
@@ -290,21 +296,14 @@ class OpenAIAgent(Agent):
         self, params: dict[str, Any], target: Target
     ) -> tuple[AsyncStream[ChatCompletionChunk], list[ChatCompletionChunk]]:
         """Open the stream and read up to its first text, retrying what may be retried."""
-        from .openai_failures import ProviderError, describe, retry_delay, scrub
+        from .openai_failures import ProviderError, describe, no_first_token, retry_delay
 
         attempt = 0
         while True:
             try:
                 return await self._within(self.timeout, self._first_text(params))
             except FirstTokenTimeout:
-                raise ProviderError(
-                    scrub(
-                        f"no answer from {target.base_url} within {self.timeout:g}s "
-                        f"(model {target.model!r}): the server may be busy or still loading "
-                        "the model; c.OpenAIAgent.timeout sets how long to wait",
-                        target.api_key,
-                    )
-                ) from None
+                raise ProviderError(no_first_token(target)) from None
             except Exception as exc:
                 delay = retry_delay(exc, attempt, self.max_retries, self.max_retry_wait)
                 if delay is None:

@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import openai
 
@@ -36,7 +36,7 @@ class Target:
 
     base_url: str
     model: str
-    api_key: str
+    api_key: str = field(repr=False)
     timeout: float
     stall_timeout: float
     max_tokens: int | None
@@ -99,6 +99,16 @@ def describe(exc: Exception, target: Target, *, retries: int = 0, midway: bool =
     return scrub(_describe(exc, target, retries, midway), target.api_key)
 
 
+def no_first_token(target: Target) -> str:
+    """The message for an attempt that got no text within the first-token time-out."""
+    return scrub(
+        f"no answer from {target.base_url} within {target.timeout:g}s (model {target.model!r}): "
+        "the server may be busy or still loading the model; c.OpenAIAgent.timeout sets how "
+        "long to wait",
+        target.api_key,
+    )
+
+
 def cut_short(finish_reason: str | None, target: Target) -> str | None:
     """Why an answer that ended with `finish_reason` is incomplete, or None if it is whole."""
     if finish_reason == "length":
@@ -136,7 +146,7 @@ def _status_message(exc: openai.APIStatusError, target: Target, after: str) -> s
         if not target.api_key:
             return (
                 f"{url} needs an API key (401) and none is set: "
-                "set OPENAI_API_KEY or c.OpenAIAgent.api_key"
+                "set $OPENAI_API_KEY (or the variable c.OpenAIAgent.api_key_env names)"
             )
         return (
             f"{url} refused the API key (401): check the API key "
