@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..protocol.outbox_machine import OutboxEvent
+from ..protocol.rules import MAX_RECONNECT_ATTEMPTS
 from ..protocol.status import ConnectionStatus, StatusChange
 from ..protocol.transcript import Delivery, Message, Touched, Transcript
 
@@ -74,7 +75,7 @@ class ChatView:
     client's event loop).
     """
 
-    def __init__(self, session_id: str, *, max_attempts: int = 6) -> None:
+    def __init__(self, session_id: str, *, max_attempts: int = MAX_RECONNECT_ATTEMPTS) -> None:
         self.session_id = session_id
         self.status = ConnectionStatus.IDLE
         self.status_change = StatusChange(ConnectionStatus.IDLE)
