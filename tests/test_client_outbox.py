@@ -386,7 +386,7 @@ async def test_remembered_failures_are_bounded(make: Make) -> None:
 
 async def test_listener_may_retry_from_inside_a_failure_event(make: Make) -> None:
     server = FakeServer()
-    server.script.append(error(503))
+    server.script.append(error(404))
     seen: list[OutboxEvent] = []
 
     def listener(event: OutboxEvent) -> None:
@@ -394,7 +394,7 @@ async def test_listener_may_retry_from_inside_a_failure_event(make: Make) -> Non
         if event.type == "send_failed" and len(seen) < 5:
             outbox.retry(event.client_msg_id)
 
-    outbox, _, _ = make(server, listener, max_retries=0)
+    outbox, _, _ = make(server, listener)
     outbox.enqueue("s1", "x")
     await outbox.drain()
     assert [e.type for e in seen] == [
@@ -550,12 +550,12 @@ async def test_retry_on_a_full_outbox_keeps_the_failure_retryable(make: Make) ->
     assert outbox.pending == ["m-3", failed_id]
 
 
-@pytest.mark.parametrize("status", [400, 404, 413])
+@pytest.mark.parametrize("status", [400, 413])
 async def test_a_refused_message_is_final_and_never_offered_a_retry(
     status: int, make: Make
 ) -> None:
-    # The rules' one eligibility rule: only a transient failure that ran out of retries
-    # may be retried by the user; a message the server refuses stays refused.
+    # The rules' one eligibility rule: a message the server refuses (malformed, too
+    # large) stays refused; sending it again cannot help.
     server = FakeServer()
     server.script.append(error(status))
     outbox, _, events = make(server)
@@ -566,6 +566,19 @@ async def test_a_refused_message_is_final_and_never_offered_a_retry(
     assert outbox.failed == []
     with pytest.raises(KeyError):
         outbox.retry(msg_id)
+    await outbox.aclose()
+
+
+async def test_a_404_is_final_at_once_but_the_user_may_retry_it(make: Make) -> None:
+    # Not about the message: once the session exists again, a Retry can deliver it.
+    server = FakeServer()
+    server.script.append(error(404))
+    outbox, _, events = make(server)
+    msg_id = outbox.enqueue("s1", "x")
+    await outbox.drain()
+    final = events.of("send_failed")[-1]
+    assert (final.will_retry, final.retryable, final.attempt) == (False, True, 1)
+    assert outbox.failed == [msg_id]
     await outbox.aclose()
 
 

@@ -120,6 +120,7 @@ class Outbox:
         self._new_id = new_id
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._held = False
 
     # -- public API -------------------------------------------------------------------------
 
@@ -168,9 +169,27 @@ class Outbox:
             raise KeyError(client_msg_id)
         self._admit(lambda: self._machine.retry(client_msg_id))
 
+    def hold(self) -> None:
+        """Queue, but post nothing until `release` (e.g. while a session is being opened).
+
+        A post already in flight finishes; its retries wait for the release.
+        """
+        self._held = True
+
+    def release(self) -> None:
+        """Resume posting what `hold` kept back."""
+        self._held = False
+        if self._machine.queue and not self._closed:
+            self._ensure_task()
+
+    @property
+    def held(self) -> bool:
+        """True between `hold` and `release`."""
+        return self._held
+
     async def drain(self) -> None:
         """Wait until every queued message is delivered or finally failed (or the outbox closed)."""
-        while self._machine.queue and not self._closed:
+        while self._machine.queue and not self._closed and not self._held:
             task = self._ensure_task()
             await asyncio.wait({task})
             if not task.cancelled() and task.exception() is not None:
@@ -231,7 +250,7 @@ class Outbox:
             log.exception("outbox listener failed on %s", event.type)
 
     async def _run(self) -> None:
-        while not self._closed:
+        while not self._closed and not self._held:
             message = self._machine.take_post()
             if message is None:
                 return

@@ -107,12 +107,17 @@ class EventStream:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="chatbridge-sse")
 
     def restart(self) -> None:
-        """The user's Reconnect: a fresh attempt budget, same cid; starts again if it gave up."""
-        if self._closed:
-            raise StreamClosed("this event stream was closed")
+        """The user's Reconnect: a fresh attempt budget, the same cid and resume point.
+
+        Starts the stream again if it gave up, failed, or was closed.
+        """
+        self._closed = False
         self._policy.reset()
         if self._task is not None and self._task.done():
             self._task = None
+        if self._task is None:
+            # At once, so a `wait_connected` right after this waits instead of failing.
+            self._set_status(StatusChange(ConnectionStatus.CONNECTING))
         self.start()
 
     async def wait_connected(self) -> None:
@@ -182,7 +187,7 @@ class EventStream:
     async def _run(self) -> None:
         first = True
         while not self._closed:
-            if first:
+            if first and self.status is not ConnectionStatus.CONNECTING:
                 self._set_status(StatusChange(ConnectionStatus.CONNECTING))
             failure = await self._connect_once()
             first = False
