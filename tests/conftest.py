@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,8 +11,10 @@ from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.server.store import MemoryStore, SessionStore, SqliteStore
 from jupyter_chatbridge.testing.seam import install_fault_seam
 
+from .store_support import StoreFactory
 from .support import Api, StreamFactory
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -89,3 +92,31 @@ def streams(
     factory = StreamFactory(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
     yield factory
     jp_asyncio_loop.run_until_complete(factory.close_all())
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Makes the store under test; SQLite ones share one file, so each must be closed
+    before the next is made (a second open store on a file is refused)."""
+    made: list[SessionStore] = []
+    memory = MemoryStore()
+
+    def make() -> SessionStore:
+        store: SessionStore
+        if request.param == "memory":
+            # "Reopening" memory: a new store over the same data, as a file would be.
+            store = MemoryStore()
+            store._sessions = memory._sessions
+        else:
+            store = SqliteStore(tmp_path / "data" / "sessions.sqlite3")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SessionStore:
+    return make_store()

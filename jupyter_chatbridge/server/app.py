@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     _LimitTraits = Configurable
 else:
     # One configurable traitlet per field of BridgeLimits (the one list of tunables).
-    _LimitTraits = type("_LimitTraits", (Configurable,), limit_traits())
+    _LimitTraits = type("BridgeLimitTraits", (Configurable,), limit_traits())
 
 
 def default_store_path(root_dir: str) -> Path:

@@ -82,30 +82,38 @@ class ChatBridge:
         )
         self.fanout = Fanout(self.connections, self.streams)
         self.runner = AgentRunner(self.fanout, agent_factory, self.log)
-        self.streaming = ConnectionService(
+        self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
         )
-        self.ops = SessionService(
-            self.sessions, self.fanout, self.runner, self.streaming, limits, scheduler, store
+        self.session_service = SessionService(
+            self.sessions,
+            self.fanout,
+            self.runner,
+            self.connection_service,
+            limits,
+            scheduler,
+            store,
         )
 
     @property
     def store(self) -> SessionStore:
         """The durable record (its `flush` is the commit barrier)."""
-        return self.ops.store
+        return self.session_service.store
 
     @store.setter
     def store(self, store: SessionStore) -> None:
-        self.ops.store = store
+        # Replaces the commit barrier only (a wrapper around the same store, as the tests
+        # use); the sessions keep writing to the store they were built with.
+        self.session_service.store = store
 
     @property
     def epoch(self) -> str:
         """The lifetime of this server's state, sent in every welcome."""
-        return self.streaming.epoch
+        return self.connection_service.epoch
 
     @epoch.setter
     def epoch(self, epoch: str) -> None:
-        self.streaming.epoch = epoch
+        self.connection_service.epoch = epoch
 
     # -- streams and connections (ConnectionService) ----------------------------------
 
@@ -113,19 +121,19 @@ class ChatBridge:
         self, cid: str | None, owner: str, last_event_id: int | None, stream: FrameSink
     ) -> dict[str, Any]:
         """Attach a stream to its connection; returns the welcome it was sent."""
-        return self.streaming.open_stream(cid, owner, last_event_id, stream)
+        return self.connection_service.open_stream(cid, owner, last_event_id, stream)
 
     def close_stream(self, connection_id: str, stream: FrameSink) -> None:
         """A stream ended (only the current one deactivates its connection)."""
-        self.streaming.close_stream(connection_id, stream)
+        self.connection_service.close_stream(connection_id, stream)
 
     def ping_streams(self, payload: bytes) -> None:
         """Write a keep-alive comment to every live stream."""
-        self.streaming.ping_streams(payload)
+        self.connection_service.ping_streams(payload)
 
     def connection_for(self, connection_id: str | None, owner: str) -> Connection:
         """The caller's connection, which must exist and belong to the caller."""
-        return self.streaming.connection_for(connection_id, owner)
+        return self.connection_service.connection_for(connection_id, owner)
 
     def _on_connection_expired(self, connection: Connection) -> None:
         detached = self.sessions.release_connection(connection.id)
@@ -141,43 +149,43 @@ class ChatBridge:
 
     def session(self, session_id: str) -> Session:
         """The session, or a 404 `session_unknown`. Never starts anything."""
-        return self.ops.session(session_id)
+        return self.session_service.session(session_id)
 
     def create_session(
         self, session_id: str | None, settings: dict[str, Any] | None = None
     ) -> Session:
         """Create a session (generated id when none is given) with its agent settings."""
-        return self.ops.create(session_id, settings)
+        return self.session_service.create(session_id, settings)
 
     def delete_session(self, session_id: str) -> None:
         """End a session: stop its agent, tell watchers and driver, close its sockets."""
-        self.ops.delete(session_id)
+        self.session_service.delete(session_id)
 
     def history(
         self, session_id: str, after: int, limit: int | None
     ) -> tuple[list[LoggedEvent], int]:
         """Events with seq > `after` (at most `limit`) and the session's last seq."""
-        return self.ops.history(session_id, after, limit)
+        return self.session_service.history(session_id, after, limit)
 
     def watch(self, connection: Connection, session_id: str, after_seq: int | None) -> int:
         """Deliver the session's events to `connection` (after `after_seq` first)."""
-        return self.ops.watch(connection, session_id, after_seq)
+        return self.session_service.watch(connection, session_id, after_seq)
 
     def unwatch(self, connection: Connection, session_id: str) -> None:
         """Stop delivering a session's events to `connection`."""
-        self.ops.unwatch(connection, session_id)
+        self.session_service.unwatch(connection, session_id)
 
     def attach(self, connection: Connection, session_id: str) -> str:
         """Make `connection` the driver; returns its clientId."""
-        return self.ops.attach(connection, session_id)
+        return self.session_service.attach(connection, session_id)
 
     def detach(self, connection: Connection, session_id: str) -> None:
         """Stop driving (a connection that is not the driver changes nothing)."""
-        self.ops.detach(connection, session_id)
+        self.session_service.detach(connection, session_id)
 
     def suspend(self, connection: Connection, session_id: str) -> None:
         """Keep the driver role through this connection's expiry."""
-        self.ops.suspend(connection, session_id)
+        self.session_service.suspend(connection, session_id)
 
     def send(
         self,
@@ -188,7 +196,7 @@ class ChatBridge:
         owner: str | None = None,
     ) -> SendResult:
         """Accept a user message once per clientMsgId (not yet durable; see `send_durably`)."""
-        return self.ops.send(session_id, client_msg_id, text, connection_id, owner)
+        return self.session_service.send(session_id, client_msg_id, text, connection_id, owner)
 
     async def send_durably(
         self,
@@ -199,11 +207,13 @@ class ChatBridge:
         owner: str | None = None,
     ) -> SendResult:
         """Accept a user message and return once it is committed (else a 503)."""
-        return await self.ops.send_durably(session_id, client_msg_id, text, connection_id, owner)
+        return await self.session_service.send_durably(
+            session_id, client_msg_id, text, connection_id, owner
+        )
 
     async def commit(self) -> None:
         """Wait until everything so far is durable; a store failure is a 503."""
-        await self.ops.commit()
+        await self.session_service.commit()
 
     # -- session sockets (Fanout) ---------------------------------------------------------
 

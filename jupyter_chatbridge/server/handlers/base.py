@@ -18,7 +18,14 @@ from ...protocol.requests import InvalidRequest, parse_json_object, parse_sessio
 from ..bridge import ChatBridge
 from ..errors import BridgeError, bad_request
 
-__all__ = ["AUTH_RESOURCE", "BridgeHandlerMixin", "ChatBridgeHandler", "bad_request"]
+__all__ = [
+    "AUTH_RESOURCE",
+    "UNAVAILABLE_SETTING",
+    "BridgeHandlerMixin",
+    "ChatBridgeHandler",
+    "bad_request",
+    "canonical_connection_id",
+]
 
 AUTH_RESOURCE = "chatbridge"
 
