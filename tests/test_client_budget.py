@@ -19,7 +19,13 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 from tornado.websocket import WebSocketHandler
 
-from jupyter_chatbridge.client import ConnectionStatus, EventStream, SessionSocket, StatusChange
+from jupyter_chatbridge.client import (
+    AsyncChatClient,
+    ConnectionStatus,
+    EventStream,
+    SessionSocket,
+    StatusChange,
+)
 from jupyter_chatbridge.client.policy import MAX_RECONNECT_ATTEMPTS, STABLE_TIME
 from jupyter_chatbridge.client.transport import HttpTransport
 from jupyter_chatbridge.clock import FakeScheduler
@@ -171,3 +177,23 @@ async def test_a_connection_up_for_the_stability_time_earns_a_fresh_budget(
         assert stream.status is not ConnectionStatus.OFFLINE
     finally:
         await stream.close()
+
+
+async def test_the_async_client_reconnects_after_offline_on_the_same_cid(
+    dropping_server: str,
+) -> None:
+    clock = FakeScheduler()
+    statuses: list[StatusChange] = []
+    client = AsyncChatClient(dropping_server, None, scheduler=clock, on_status=statuses.append)
+    client.stream.start()
+    try:
+        await _ride_out_the_budget(lambda: client.stream.status, statuses, clock)
+        cid = client.cid
+        client.reconnect()
+        assert client.stream.status is ConnectionStatus.CONNECTING  # at once, not "offline"
+        await eventually(lambda: statuses[-1].status is ConnectionStatus.RECONNECTING)
+        assert statuses[-1].attempt == 1 and client.cid == cid
+    finally:
+        await client.close()
+    with pytest.raises(RuntimeError):
+        client.reconnect()
