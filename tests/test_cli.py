@@ -302,6 +302,9 @@ def test_an_unknown_session_is_refused_and_changes_nothing(
     for command in ("show", "export", "delete"):
         refused(cli(command, "nosuch", f"--store-path={store}"), "no session 'nosuch'", str(store))
     refused(cli("show", f"--store-path={store}"), "exactly one session id")
+    refused(cli("export", "demo", "--format=pdf", f"--store-path={store}"), "'format'", "ipynb")
+    nowhere = tmp_path / "no" / "demo.md"
+    refused(cli("export", "demo", "-o", str(nowhere), f"--store-path={store}"), "cannot write")
     assert digest(tmp_path) == before
 
 
