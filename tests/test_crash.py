@@ -27,8 +27,8 @@ from jupyter_chatbridge.clock import FakeScheduler
 from .server_process import ServerProcess
 from .support import eventually
 
-KILLS_PER_RATE = 10  # two rates: at least 20 kills a run
-WORDS = 200
+# (seconds between chunks, words in each answer, kills): 20 kills a run at token rate
+RATES = [(0.01, 200, 12), (0.05, 60, 8)]
 Events = list[dict[str, Any]]
 
 
@@ -65,9 +65,10 @@ def assert_interrupted(answer: Events) -> None:
     assert "restart" in said or "interrupted" in said, ended_by
 
 
-@pytest.mark.parametrize("chunk_delay", [0.01, 0.05])
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("chunk_delay", "words", "kills"), RATES)
 async def test_python_client_survives_sigkill_at_token_rate(
-    server_factory: Callable[..., ServerProcess], chunk_delay: float
+    server_factory: Callable[..., ServerProcess], chunk_delay: float, words: int, kills: int
 ) -> None:
     rng = random.Random(f"crash-{chunk_delay}")
     server = server_factory(f"--EchoAgent.chunk_delay={chunk_delay}")
@@ -76,16 +77,16 @@ async def test_python_client_survives_sigkill_at_token_rate(
     statuses: list[StatusChange] = []
     client = AsyncChatClient(server.url, server.token, scheduler=clock, on_status=statuses.append)
     seen: Events = []
-    text = " ".join(f"w{i}" for i in range(WORDS))
+    text = " ".join(f"w{i}" for i in range(words))
     try:
         session = await client.session("crash")
         session.add_listener(seen.append)
-        for kill in range(KILLS_PER_RATE):
+        for kill in range(kills):
             receipt = await session.send_and_wait(text)
             reply_to = receipt.seq
             assert reply_to is not None
             # A random point of the answer: after this many of its words were shown.
-            point = rng.randint(1, WORDS - 1)
+            point = rng.randint(1, words - 1)
 
             def shown_words(reply_to: int = reply_to) -> int:
                 return sum(e["type"] == "block_delta" for e in answer_events(seen, reply_to))
