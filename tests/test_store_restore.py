@@ -77,7 +77,14 @@ async def test_restore_closes_the_cut_answer_and_answers_what_was_accepted(
     new.start_restored_runs()  # as the app does once its loop runs
     session = new.session("s1")
     assert session.settings == {"prefix": "Again: "}
-    await eventually(lambda: not session.running and not session.pending)
+    # Done, and committed (events are shown once the store has them).
+    await eventually(
+        lambda: (
+            not session.running
+            and not session.pending
+            and session.log.shown_seq == session.log.last_seq
+        )
+    )
     assert types_and_texts(new, "s1") == [
         ("user_message", "cut short"),
         ("user_message", "still waiting"),

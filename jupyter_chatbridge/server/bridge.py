@@ -80,7 +80,7 @@ class ChatBridge:
             max_receipts=limits.max_receipts_per_session,
             sink=store,
         )
-        self.fanout = Fanout(self.connections, self.streams)
+        self.fanout = Fanout(self.connections, self.streams, store, scheduler, self.log)
         self.runner = AgentRunner(self.fanout, agent_factory, self.log)
         self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
@@ -104,7 +104,7 @@ class ChatBridge:
     def store(self, store: SessionStore) -> None:
         # Replaces the commit barrier only (a wrapper around the same store, as the tests
         # use); the sessions keep writing to the store they were built with.
-        self.session_service.store = store
+        self.session_service.store = self.fanout.store = store
 
     @property
     def epoch(self) -> str:
@@ -264,11 +264,14 @@ class ChatBridge:
         return len(stored_sessions)
 
     def start_restored_runs(self) -> None:
-        """Start answering what restored sessions had queued (needs a running loop)."""
+        """Show a restore's closing events and start answering what restored sessions
+        had queued (needs a running loop)."""
+        self.fanout.start()
         self.runner.start_waiting(self.sessions)
 
     async def shutdown(self) -> None:
         """Stop every agent run and end every stream and socket."""
         await self.runner.stop()
+        await self.fanout.stop()
         self.fanout.end_all(CloseCode.GOING_AWAY, "server stopping")
         await self.runner.close_agents(self.sessions)

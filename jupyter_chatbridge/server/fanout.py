@@ -5,14 +5,33 @@ Receivers are the event streams of the connections that watch the session
 the connection has no stream) and the WebSockets bound to the session. The
 bridge never touches a socket: streams and session sockets are handed in as the
 small objects below, which the fan-out writes bytes or text to.
+
+A seq is a promise: an event is shown to anyone (a receiver, the history, a
+watch's replay, `lastSeq`) only once the store has committed it, so a crash can
+never make a seq that a client saw mean something else. With a store that
+commits as it is written (memory) events are shown at once; otherwise they wait
+for the next group commit: every event published during one loop iteration, and
+while the previous commit ran, goes in one `flush`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..clock import Scheduler, sleep
 from ..protocol import EventType, dumps, sse_payload
 from .state import Connection, ConnectionRegistry, LoggedEvent, Session, StreamRegistry
+from .store import SessionStore
+
+# Seconds between attempts to commit shown-to-be events while the store refuses.
+COMMIT_RETRY_DELAY = 1.0
+
+# An event to show once it is durable, or an action to run once everything
+# published before it was shown.
+_Unshown = tuple[Session, LoggedEvent] | Callable[[], None]
 
 
 class FrameSink(Protocol):
@@ -38,15 +57,102 @@ class SessionSocket(Protocol):
 class Fanout:
     """Publishes session events to watchers' streams and session sockets."""
 
-    def __init__(self, connections: ConnectionRegistry, streams: StreamRegistry[FrameSink]) -> None:
+    def __init__(
+        self,
+        connections: ConnectionRegistry,
+        streams: StreamRegistry[FrameSink],
+        store: SessionStore,
+        scheduler: Scheduler,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
         self._connections = connections
         self._streams = streams
+        self.store = store
+        self._scheduler = scheduler
+        self._log = log
         self.sockets: dict[str, set[SessionSocket]] = {}
         """The WebSockets bound to each session, by session id."""
+        self._unshown: list[_Unshown] = []
+        self._committing = False  # a batch is taken from `_unshown` and being committed
+        self._pump: asyncio.Task[None] | None = None
 
     def publish(self, session: Session, event_type: str, fields: dict[str, Any]) -> LoggedEvent:
-        """Log a session event (the log feeds the store) and deliver it to every receiver."""
+        """Log a session event (the log feeds the store); show it once it is durable."""
         event = session.log.append(event_type, fields)
+        if self.store.commits_immediately and not self._unshown and not self._committing:
+            self._show(session, event)
+        else:
+            self._unshown.append((session, event))
+            self._start_pump()
+        return event
+
+    def after_shown(self, action: Callable[[], None]) -> None:
+        """Run `action` once every event published so far has been shown."""
+        if not self._unshown and not self._committing:
+            action()
+        else:
+            self._unshown.append(action)
+
+    def start(self) -> None:
+        """Show what was published before an event loop ran (a restore's closing events)."""
+        if self._unshown:
+            self._start_pump()
+
+    async def stop(self) -> None:
+        """Stop showing events (the server stops; the store commits what it holds)."""
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+
+    def _start_pump(self) -> None:
+        if self._pump is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # restoring before the server runs: `start` picks these up
+        self._pump = loop.create_task(self._show_when_durable())
+
+    async def _show_when_durable(self) -> None:
+        try:
+            while self._unshown:
+                batch, self._unshown = self._unshown, []
+                self._committing = True
+                if not await self._commit():
+                    return
+                self._committing = False
+                for item in batch:
+                    if callable(item):
+                        item()
+                    else:
+                        self._show(*item)
+        finally:
+            self._committing = False
+            self._pump = None
+
+    async def _commit(self) -> bool:
+        """Wait until everything published so far is durable; False if it never will be."""
+        failing = False
+        while True:
+            if self.store.closed:
+                # The server stops: the store committed what it could as it closed,
+                # and nobody is left to show anything to.
+                self._unshown.clear()
+                return False
+            try:
+                await self.store.flush()
+            except Exception as exc:
+                if not failing:  # once per outage, not once per attempt
+                    self._log.error("chatbridge: events wait for the store to commit: %s", exc)
+                failing = True
+                await sleep(self._scheduler, COMMIT_RETRY_DELAY)
+                continue
+            if failing:
+                self._log.warning("chatbridge: the store commits again; showing waiting events")
+            return True
+
+    def _show(self, session: Session, event: LoggedEvent) -> None:
+        session.log.shown_seq = event.seq
         if session.watchers:
             payload = sse_payload(event.type, event.data)
             get = self._connections.get
@@ -54,11 +160,12 @@ class Fanout:
                 connection = get(connection_id)
                 if connection is not None:
                     self.deliver(connection, payload)
-        sockets = self.sockets.get(session.id)
+        # A session's end reaches its sockets from `end_sockets`: by the time it is
+        # shown, the id may name a new session with sockets of its own.
+        sockets = self.sockets.get(session.id) if event.type != EventType.SESSION_ENDED else None
         if sockets:
             for socket in sockets:
                 socket.send_event(event.data)
-        return event
 
     def replay(self, connection: Connection, events: list[LoggedEvent]) -> None:
         """Deliver logged events to one connection (a watch with `afterSeq`)."""
@@ -87,7 +194,7 @@ class Fanout:
     def add_socket(self, session: Session, socket: SessionSocket, after_seq: int | None) -> None:
         """Bind a WebSocket to a session: replay after `after_seq`, then live events."""
         if after_seq is not None:
-            for event in session.log.after(after_seq):
+            for event in session.log.shown_after(after_seq):
                 socket.send_event(event.data)
         self.sockets.setdefault(session.id, set()).add(socket)
 
@@ -99,14 +206,28 @@ class Fanout:
             if not sockets:
                 del self.sockets[session_id]
 
-    def end_sockets(self, session_id: str, code: int, reason: str) -> None:
-        """Close every WebSocket of a session with an application close code."""
-        for socket in self.sockets.pop(session_id, set()):
-            socket.end(code, reason)
+    def end_sockets(
+        self, session_id: str, code: int, reason: str, last_event: LoggedEvent | None = None
+    ) -> None:
+        """Close every WebSocket of a session with an application close code.
+
+        `last_event` (the session's end) is sent to each first, once it is shown.
+        """
+        sockets = self.sockets.pop(session_id, set())
+
+        def end() -> None:
+            for socket in sockets:
+                if last_event is not None:
+                    socket.send_event(last_event.data)
+                socket.end(code, reason)
+
+        self.after_shown(end)
 
     def end_all(self, code: int, reason: str) -> None:
-        """Close every stream and every session socket (the server stops)."""
+        """Close every stream and every session socket at once (the server stops)."""
         for stream in self._streams:
             stream.close()
-        for session_id in list(self.sockets):
-            self.end_sockets(session_id, code, reason)
+        for sockets in self.sockets.values():
+            for socket in sockets:
+                socket.end(code, reason)
+        self.sockets.clear()

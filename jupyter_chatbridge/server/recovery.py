@@ -17,7 +17,7 @@ from typing import Any
 from ..protocol import EventType
 from .state import LoggedEvent, PendingInput
 
-INTERRUPTED_MESSAGE = "the server restarted during this answer"
+INTERRUPTED_MESSAGE = "interrupted by a server restart"
 
 
 @dataclass(frozen=True)

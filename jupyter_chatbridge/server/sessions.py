@@ -121,18 +121,22 @@ class SessionService:
         """End a session: stop its agent, tell watchers and driver, close its sockets."""
         session = self.session(session_id)
         self._runner.cancel(session)
-        self._fanout.publish(session, EventType.SESSION_ENDED, {})
-        if session.driver is not None:
-            self._fanout.notify_detached(session.driver, session.id, DetachReason.SESSION_ENDED)
+        ended = self._fanout.publish(session, EventType.SESSION_ENDED, {})
+        driver = session.driver
+        if driver is not None:
+            # After the watchers were shown the end, as on a store that commits at once.
+            self._fanout.after_shown(
+                lambda: self._fanout.notify_detached(driver, session_id, DetachReason.SESSION_ENDED)
+            )
         self._sessions.delete(session_id)
-        self._fanout.end_sockets(session_id, CloseCode.SESSION_UNKNOWN, "session ended")
+        self._fanout.end_sockets(session_id, CloseCode.SESSION_UNKNOWN, "session ended", ended)
 
     def history(
         self, session_id: str, after: int, limit: int | None
     ) -> tuple[list[LoggedEvent], int]:
         """Events with seq > `after` (at most `limit`) and the session's last seq."""
         session = self.session(session_id)
-        return session.log.after(after, limit), session.log.last_seq
+        return session.log.shown_after(after, limit), session.log.shown_seq
 
     # -- watching and driving -----------------------------------------------------------
 
@@ -147,9 +151,10 @@ class SessionService:
             )
         if after_seq is not None:
             # Synchronous with the registration below: no live event can slip in between.
-            self._fanout.replay(connection, session.log.after(after_seq))
+            # Events not shown yet reach it with every other watcher's.
+            self._fanout.replay(connection, session.log.shown_after(after_seq))
         self._sessions.watch(session, connection.id)
-        return session.log.last_seq
+        return session.log.shown_seq
 
     def unwatch(self, connection: Connection, session_id: str) -> None:
         """Stop delivering a session's events to `connection`."""

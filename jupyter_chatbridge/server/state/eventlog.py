@@ -7,6 +7,7 @@ to its `LogSink` (the store's write queue), never written to the store by hand.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
@@ -91,6 +92,9 @@ class EventLog:
         self._retracted: OrderedDict[str, tuple[SendReceipt, LoggedEvent]] = OrderedDict()
         self._max_receipts = max_receipts
         self._sink: LogSink = sink if sink is not None else NoSink()
+        self.shown_seq = 0
+        """The newest seq that anyone may see (committed by the store): the fan-out
+        advances it; history, replays and `lastSeq` never go past it."""
 
     @property
     def last_seq(self) -> int:
@@ -131,7 +135,7 @@ class EventLog:
             expected -= 1
         self._events.clear()
         self._events.extend(reversed(tail))
-        self._last_seq = last_seq
+        self._last_seq = self.shown_seq = last_seq  # what a store held was committed
         self._receipts.clear()
         for receipt in sorted(receipts, key=lambda r: r.seq):
             self.remember(receipt)
@@ -149,12 +153,22 @@ class EventLog:
         return event
 
     def after(self, seq: int, limit: int | None = None) -> list[LoggedEvent]:
-        """Events with seq > `seq`, oldest first, at most `limit` of them."""
-        if not self._events or seq >= self._last_seq:
+        """Events with seq > `seq`, oldest first, at most `limit` of them (shown or not)."""
+        return self._between(seq, self._last_seq, limit)
+
+    def shown_after(self, seq: int, limit: int | None = None) -> list[LoggedEvent]:
+        """Like `after`, but only events already shown: what clients may see."""
+        return self._between(seq, self.shown_seq, limit)
+
+    def _between(self, seq: int, newest: int, limit: int | None) -> list[LoggedEvent]:
+        if not self._events or seq >= newest:
             return []
-        start = max(0, seq - self._events[0].seq + 1)
-        stop = len(self._events) if limit is None else min(len(self._events), start + limit)
-        return [self._events[i] for i in range(start, stop)]
+        first = self._events[0].seq
+        start = max(0, seq - first + 1)
+        stop = newest - first + 1
+        if limit is not None:
+            stop = min(stop, start + limit)
+        return list(itertools.islice(self._events, start, stop))
 
     # -- receipts -------------------------------------------------------------------
 

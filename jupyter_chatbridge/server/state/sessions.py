@@ -70,7 +70,7 @@ class Session:
         """The session as the REST API answers it; `GET sessions/{id}` adds its settings."""
         described = {
             "sessionId": self.id,
-            "lastSeq": self.log.last_seq,
+            "lastSeq": self.log.shown_seq,
             "running": self.running,
             "driver": self.driver_client_id,
         }

@@ -47,6 +47,15 @@ class SessionStore(Protocol):
     description: str
     """Where the data lives, for log messages."""
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called: nothing more will ever be committed."""
+        ...
+
+    commits_immediately: bool
+    """True when a write is as durable as it will ever be once it is made (memory):
+    events are then shown at once, without waiting for a `flush`."""
+
     def load(self) -> list[StoredSession]:
         """Every stored session, in creation order (called once, at start-up)."""
         ...

@@ -32,6 +32,7 @@ class MemoryStore:
     """
 
     description = "memory (nothing survives a restart)"
+    commits_immediately = True
 
     def __init__(self) -> None:
         self._sessions: dict[str, _MemorySession] = {}
@@ -100,6 +101,11 @@ class MemoryStore:
         """Everything is applied at once: nothing to wait for."""
         if self._closed:
             raise StoreError("the session store is closed")
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Nothing to release."""

@@ -129,6 +129,7 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
         self.description = str(self.path)
+        self.commits_immediately = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()  # orders close() against concurrent writes
         self._closed = False
@@ -292,6 +293,11 @@ class SqliteStore:
         self._put(barrier)
         self._wake.set()  # someone waits: no group-commit window for this batch
         await barrier.future
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
 
     def close(self) -> None:
         """Commit everything queued, stop the writer thread; idempotent."""
