@@ -8,7 +8,7 @@ import { CidGuard, newCid, storageGet, storageSet, tabCid } from "./ids.js";
 import { LiveSocket } from "./live-socket.js";
 import { Outbox, OutboxFull } from "./outbox.js";
 import { backoffMs, classify } from "./policy.js";
-import { drawPage } from "./render.js";
+import { debugSnapshot, drawPage } from "./render.js";
 import { Transcript } from "./transcript.js";
 
 const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -302,7 +302,8 @@ export class ChatPage {
       return;
     }
     try {
-      const { status, body } = await this.request("POST", "sessions", name ? { sessionId: name } : {});
+      const wanted = name ? { sessionId: name } : {};
+      const { status, body } = await this.request("POST", "sessions", wanted);
       if (status !== 201) {
         const why = (body && body.error) || `HTTP ${status}`;
         this.setError("create", `could not create the session: ${why}`);
@@ -362,6 +363,10 @@ export class ChatPage {
   sessionGone(evidence) {
     if (!this.view) return;
     this.gone = { ...this.gone, ...evidence };
+    // The transcript's "lost": nothing is owed any more, so nothing is thinking.
+    if (this.view.ended === null) {
+      this.applyToView(this.view, { kind: "lost", reason: "session_unknown" });
+    }
     if (evidence.state !== "gone" && this.live) {
       // Not from the socket: the socket's own 4404 follows, or we stop it here.
       if (!this.live.socket) this.live.close();
@@ -397,12 +402,19 @@ export class ChatPage {
   // state, whether Retry is offered); the page only routes it to the open session's view.
   onOutbox(event) {
     const id = event.clientMsgId;
-    const entry = this.delivery.get(id) || { sessionId: event.sessionId, text: event.text, history: [] };
+    const entry = this.delivery.get(id) || {
+      sessionId: event.sessionId,
+      text: event.text,
+      history: [],
+    };
     entry.last = event;
     this.delivery.set(id, entry);
     const view = this.view;
-    if (view && view.sessionId === event.sessionId) this.applyToView(view, { kind: "outbox", event });
-    else this.render();
+    if (view && view.sessionId === event.sessionId) {
+      this.applyToView(view, { kind: "outbox", event });
+    } else {
+      this.render();
+    }
   }
 
   retrySend(clientMsgId) {
@@ -447,38 +459,6 @@ export class ChatPage {
 
   /** A snapshot of the client's state, for tests and the console. */
   debug() {
-    const view = this.view;
-    return {
-      cid: this.cid,
-      cidRenewals: this.cidRenewals,
-      connectionId: this.connectionId,
-      epoch: this.epoch,
-      status: this.status,
-      welcomes: this.welcomes.slice(),
-      sessionId: view ? view.sessionId : null,
-      lastSeq: view ? (view.lastSeq ?? 0) : 0,
-      applied: view ? view.appliedSeqs.slice() : [],
-      duplicatesDropped: view ? view.duplicates : 0,
-      transcript: view ? view.snapshot() : null,
-      stream: {
-        attempts: this.stream.budget.attempts,
-        reconnectPending: this.stream.timer !== null,
-        retryInMs: this.stream.retryInMs,
-      },
-      gone: this.gone,
-      live: this.live
-        ? {
-            opened: this.live.opened,
-            attempts: this.live.budget.attempts,
-            reconnectPending: this.live.reconnectPending,
-            state: this.liveState && this.liveState.state,
-          }
-        : null,
-      outbox: { queued: this.outbox.queue.length, failed: [...this.outbox.failed.keys()] },
-      delivery: Object.fromEntries(
-        [...this.delivery].map(([id, e]) => [id, { state: e.history.at(-1), history: e.history.slice() }]),
-      ),
-    };
+    return debugSnapshot(this);
   }
 }
-

@@ -76,7 +76,8 @@ class Message {
 function displayOrder(a, b) {
   const seqA = a.seq === null ? Infinity : a.seq;
   const seqB = b.seq === null ? Infinity : b.seq;
-  return a.generation - b.generation || (seqA === seqB ? 0 : seqA < seqB ? -1 : 1) || a.order - b.order;
+  const bySeq = seqA === seqB ? 0 : seqA < seqB ? -1 : 1;
+  return a.generation - b.generation || bySeq || a.order - b.order;
 }
 
 /** The reducer's state for one session id; `apply` takes any input kind. */
@@ -236,7 +237,8 @@ export class Transcript {
     let replyTo = int(event.replyTo);
     if (replyTo === null) {
       // Without replyTo: the agent answers in order, so it is the oldest unanswered.
-      const waiting = [...this.unanswered].filter((s) => !this.started.has(s)).sort((a, b) => a - b);
+      const waiting = [...this.unanswered].filter((s) => !this.started.has(s));
+      waiting.sort((a, b) => a - b);
       replyTo = waiting.length > 0 ? waiting[0] : null;
     }
     message.replyTo = replyTo;
