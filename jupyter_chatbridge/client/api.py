@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from ..clock import LoopScheduler, Scheduler
 from ..protocol import EventType
+from ..protocol.transcript import Transcript
 from .discovery import discover_server
-from .outbox import Outbox, OutboxEvent, SendResponse
+from .outbox import Outbox, OutboxEvent, SendResponse, new_client_msg_id
 from .policy import MAX_QUEUED_SENDS, MAX_SEND_RETRIES, RETRY_DELAY
 from .stream import DEFAULT_IDLE_TIMEOUT, EventStream, StatusChange, _noop
-from .transport import HTTPStatusError, HttpTransport
+from .transport import HTTPStatusError, HttpTransport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,16 @@ class AsyncChatClient:
         await self.stream.wait_connected()
         return self
 
+    def reconnect(self) -> None:
+        """The user's Reconnect: the stream starts again with a fresh attempt budget.
+
+        Same cid and resume point, so the server replays what was missed; the
+        outbox and its queued messages are kept.
+        """
+        if self.outbox.closed:
+            raise RuntimeError("this client is closed")
+        self.stream.restart()
+
     async def __aenter__(self) -> AsyncChatClient:
         return await self.connect()
 
@@ -186,12 +197,20 @@ class AsyncChatClient:
         """
         if create:
             await self.create_session(session_id, exist_ok=True)
-        handle = self._sessions.get(session_id)
-        if handle is None:
-            handle = self._sessions[session_id] = AsyncSession(self, session_id)
+        handle = self.handle(session_id)
         handle.last_seq = await self.stream.watch(session_id, after_seq)
         if attach:
             await self.stream.call("attach", session_id)
+        return handle
+
+    def handle(self, session_id: str) -> AsyncSession:
+        """The handle `session()` returns, without watching: add listeners before events flow.
+
+        A lost session's handle is replaced by a fresh one (the session may exist again).
+        """
+        handle = self._sessions.get(session_id)
+        if handle is None or handle.lost is not None:
+            handle = self._sessions[session_id] = AsyncSession(self, session_id)
         return handle
 
     def send(self, session_id: str, text: str, client_msg_id: str | None = None) -> str:
@@ -266,9 +285,11 @@ class AsyncSession:
         self.detached: str | None = None
         self._listeners: list[Callable[[dict[str, Any]], None]] = []
         self._send_listeners: list[Callable[[OutboxEvent], None]] = []
+        self._lost_listeners: list[Callable[[str], None]] = []
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._overflowed = False
         self._waiters: set[asyncio.Future[str]] = set()
+        self._gap_task: asyncio.Task[None] | None = None
 
     def add_listener(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """Call `callback(event)` for every session event from now on."""
@@ -277,6 +298,10 @@ class AsyncSession:
     def add_send_listener(self, callback: Callable[[OutboxEvent], None]) -> None:
         """Call `callback(outbox_event)` for this session's delivery states."""
         self._send_listeners.append(callback)
+
+    def add_lost_listener(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(reason)` once the session is lost ("session_ended", …)."""
+        self._lost_listeners.append(callback)
 
     def send(self, text: str, client_msg_id: str | None = None) -> str:
         """Queue a message; returns its clientMsgId (see `AsyncChatClient.send`)."""
@@ -289,41 +314,70 @@ class AsyncSession:
     async def ask(self, text: str) -> str:
         """Send `text` and return the agent's whole answer to it.
 
-        Raises `SendFailed`, `AgentError` if the agent failed, or `SessionLost`.
+        The answer is read by the transcript reducer (the clients' one rule for
+        turning events into answers). Raises `SendFailed`, `AgentError` if the agent
+        failed, or `SessionLost`.
         """
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        chunks: list[str] = []
-        state: dict[str, Any] = {"seq": None, "message_id": None, "early": []}
+        transcript = Transcript(self.id)
+        client_msg_id = new_client_msg_id()
+
+        def settle() -> None:
+            if answer.done():
+                return
+            if transcript.gap is not None:
+                self._fill_gap(transcript, settle)
+            reply = transcript.answer_to(client_msg_id)
+            if reply is None:
+                return
+            if reply.error is not None:
+                answer.set_exception(AgentError(reply.error))
+            elif reply.done:
+                answer.set_result(reply.text)
 
         def on_event(event: dict[str, Any]) -> None:
-            if state["seq"] is None:
-                state["early"].append(event)  # may belong to us: decide once we know our seq
-                return
-            if (
-                event.get("type") == EventType.MESSAGE_START
-                and event.get("replyTo") == state["seq"]
-            ):
-                state["message_id"] = event.get("messageId")
-            elif state["message_id"] is None or event.get("messageId") != state["message_id"]:
-                return
-            elif event["type"] == EventType.BLOCK_DELTA:
-                chunks.append(str(event.get("text", "")))
-            elif event["type"] == EventType.ERROR and not answer.done():
-                answer.set_exception(AgentError(str(event.get("message"))))
-            elif event["type"] == EventType.MESSAGE_END and not answer.done():
-                answer.set_result("".join(chunks))
+            transcript.apply({"kind": "event", "event": event})
+            settle()
+
+        def on_send(event: OutboxEvent) -> None:
+            if event.client_msg_id == client_msg_id:
+                transcript.apply(event.transcript_input())
+                settle()
 
         self._listeners.append(on_event)
+        self._send_listeners.append(on_send)
         self._waiters.add(answer)
         try:
-            receipt = await self.send_and_wait(text)
-            state["seq"] = receipt.seq
-            for event in state.pop("early"):
-                on_event(event)
+            await self.send_and_wait(text, client_msg_id)
             return await answer
         finally:
             self._listeners.remove(on_event)
+            self._send_listeners.remove(on_send)
             self._waiters.discard(answer)
+
+    def _fill_gap(self, transcript: Transcript, then: Callable[[], None]) -> None:
+        """Fetch the events a transcript misses from history, once per hole."""
+        gap = transcript.gap
+        if gap is None or self._gap_task is not None:
+            return
+
+        async def fetch() -> None:
+            try:
+                missing = await self.gap_history(gap)
+            finally:
+                self._gap_task = None
+            transcript.apply({"kind": "history", "events": missing})
+            then()
+
+        self._gap_task = asyncio.get_running_loop().create_task(fetch())
+
+    async def gap_history(self, gap: Mapping[str, int]) -> list[dict[str, Any]]:
+        """The events of a transcript's `gap` from the stored history ([] if unreachable)."""
+        try:
+            return await self.history(after=gap["after"], limit=gap["before"] - gap["after"] - 1)
+        except (HTTPStatusError, TransportError, OSError) as exc:
+            log.warning("chatbridge: could not fill a gap in %s: %s", self.id, exc)
+            return []
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Iterate session events as they arrive; ends when the session is lost or closed."""
@@ -377,3 +431,8 @@ class AsyncSession:
             for waiter in list(self._waiters):
                 if not waiter.done():
                     waiter.set_exception(SessionLost(f"session {self.id}: {reason}"))
+            for listener in list(self._lost_listeners):
+                try:
+                    listener(reason)
+                except Exception:
+                    log.exception("chatbridge: lost listener failed")

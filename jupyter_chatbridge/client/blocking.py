@@ -69,6 +69,15 @@ class ChatClient:
         self._call(self.aio.connect(), timeout)
         return self
 
+    def reconnect(self, timeout: float | None = 30.0) -> None:
+        """After the stream gave up ("offline"): start again with a fresh budget, same cid."""
+
+        async def restart() -> None:
+            self.aio.reconnect()
+            await self.aio.connect()
+
+        self._call(restart(), timeout)
+
     def session(
         self,
         session_id: str,

@@ -22,8 +22,9 @@ from .rules import (
     classify_code,
 )
 
-Outcome = Literal["accepted", "transient", "permanent"]
+Outcome = Literal["accepted", "transient", "permanent", "refused"]
 EventName = Literal["send_pending", "send_failed", "send_accepted"]
+OutboxEventType = EventName
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,16 @@ TRANSITIONS: Final = tuple(
 )
 
 
+# Statuses that refuse the message itself (malformed, too large): a Retry cannot help.
+REFUSED_STATUSES: Final = frozenset(int(c) for c in RULES["outbox"]["refusedHttp"])
+
+
 def outcome_of(status: int | None) -> Outcome:
-    """Which kind of outcome an answer is: 2xx accepted, else as `classify` says."""
+    """Which kind of outcome an answer is: 2xx accepted, refused, else as `classify` says."""
     if status is not None and 200 <= status <= 299:
         return "accepted"
+    if status in REFUSED_STATUSES:
+        return "refused"
     return classify_code(status)
 
 
@@ -94,6 +101,24 @@ class MachineEvent:
     seq: int | None = None
     duplicate: bool | None = None
 
+    def to_outbox_event(self, error: str | None = None) -> OutboxEvent:
+        """The event as the client shows it: with session, text, error text, seconds."""
+        message = self.message
+        return OutboxEvent(
+            self.type,
+            message.session_id,
+            message.client_msg_id,
+            message.text,
+            seq=self.seq,
+            duplicate=self.duplicate,
+            will_retry=self.will_retry,
+            retryable=self.retryable,
+            attempt=self.attempt,
+            status=self.status,
+            error=error if self.type == "send_failed" else None,
+            retry_in=None if self.retry_in_ms is None else self.retry_in_ms / 1000.0,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "clientMsgId": self.message.client_msg_id}
         if self.type == "send_accepted":
@@ -109,6 +134,50 @@ class MachineEvent:
                 retryInMs=self.retry_in_ms,
             )
         return out
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """A change in a message's delivery state, for the UI."""
+
+    type: EventName
+    session_id: str
+    client_msg_id: str
+    text: str
+    seq: int | None = None
+    duplicate: bool | None = None
+    will_retry: bool | None = None
+    # On a final failure: whether the user may retry it (the rules' one eligibility rule).
+    retryable: bool | None = None
+    attempt: int | None = None
+    status: int | None = None
+    error: str | None = None
+    retry_in: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event with the wire's camelCase keys, leaving out fields that are None."""
+        items = {
+            "type": self.type,
+            "sessionId": self.session_id,
+            "clientMsgId": self.client_msg_id,
+            "text": self.text,
+            "seq": self.seq,
+            "duplicate": self.duplicate,
+            "willRetry": self.will_retry,
+            "retryable": self.retryable,
+            "attempt": self.attempt,
+            "status": self.status,
+            "error": self.error,
+            "retryIn": self.retry_in,
+        }
+        return {key: value for key, value in items.items() if value is not None}
+
+    def transcript_input(self) -> dict[str, Any]:
+        """The event as an input of the transcript reducer (times in milliseconds)."""
+        event = self.to_dict()
+        if self.retry_in is not None:
+            event["retryInMs"] = event.pop("retryIn") * 1000.0
+        return {"kind": "outbox", "event": event}
 
 
 class OutboxMachine:

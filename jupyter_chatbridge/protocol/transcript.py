@@ -10,7 +10,8 @@ Rules kept here (docs/client-rules.md, "transcript"):
 
 - seq order: an event at or below `lastSeq` is a duplicate and ignored; one past
   a hole is held back and `gap` says which seqs to fetch from history; the held
-  events apply, in order, once the hole is filled (or skipped).
+  events apply, in order, once the hole is filled; what history no longer has
+  is skipped.
 - a server that rewound (its lastSeq behind what was shown) loses what came
   after: those entries go, and our own messages among them become failed,
   offered a Retry, since the server no longer has them.
@@ -146,7 +147,7 @@ class Transcript:
     # -- the one entry point -----------------------------------------------------------
 
     def apply(self, item: Mapping[str, Any]) -> Touched:
-        """Apply one input: {"kind": "event"|"outbox"|"watched"|"skip_gap"|"lost"|...}."""
+        """Apply one input: {"kind": "event"|"outbox"|"history"|"watched"|"skip_gap"|...}."""
         self._touched = Touched()
         kind = item.get("kind")
         if kind == "event":
@@ -155,6 +156,8 @@ class Transcript:
             self.outbox_event(item["event"])
         elif kind == "watched":
             self.watched(int(item["lastSeq"]))
+        elif kind == "history":
+            self.history(item["events"])
         elif kind == "skip_gap":
             self.skip_gap()
         elif kind == "lost":
@@ -189,6 +192,12 @@ class Transcript:
         if not self.held or self.last_seq is None:
             return None
         return {"after": self.last_seq, "before": min(self.held)}
+
+    def history(self, events: list[Mapping[str, Any]]) -> None:
+        """History's answer for a gap: apply its events; a hole it cannot fill is skipped."""
+        for event in events:
+            self.session_event(event)
+        self.skip_gap()
 
     def skip_gap(self) -> None:
         """History cannot fill the hole (trimmed): go on from the first held event."""
@@ -298,7 +307,7 @@ class Transcript:
         self._touch(message)
         if kind == "send_pending":
             # A new message, or the user's Retry: in flight again, in the session as it is now.
-            if message.generation != self.generation or message.seq is not None:
+            if message.generation != self.generation:
                 message.generation = self.generation
                 message.seq = None
                 self._touched.reordered = True
@@ -445,4 +454,4 @@ def _retryable(event: Mapping[str, Any]) -> bool:
     flag = event.get("retryable")
     if isinstance(flag, bool):
         return flag
-    return outcome_of(_int(event.get("status"))) != "permanent"
+    return outcome_of(_int(event.get("status"))) != "refused"

@@ -6,78 +6,36 @@ calls, and answers what to show: the message list with each sent message's
 delivery state, "thinking…", the connection status line and a banner. The
 notebook `ChatWidget` renders it with ipywidgets; tests drive it directly.
 
-The rules it keeps (PROTOCOL.md, "Client rules"; and the bugs named in the
-review threads the design came from):
+What the conversation shows (delivery states, answers, "thinking", seq order,
+duplicates, gaps, a rewound server) is the transcript reducer of the client rules
+(`protocol.transcript`, docs/client-rules.md), the same one `ask()` and the page
+use; this module adds what only a panel has: the connection status line, the
+banners and what to redraw. A banner is cleared only by the resolution of its own
+cause (the session is started again; the connection is back).
 
-- A message's delivery warning changes only on evidence about that message:
-  its own `send_*` events or its `user_message` in the session. Nothing
-  unrelated or global (another message, a reconnect, an answer) touches it.
-- "thinking…" shows at once on send and can never get stuck: it is derived,
-  never stored, from messages still in flight or still unanswered, and is off
-  when the message finally failed, the stream gave up, or the session is gone.
-- A banner is cleared only by the resolution of its own cause (the session is
-  started again; the connection is back).
+No I/O, and nothing here imports tornado.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Final, Literal
 
-from ..client.outbox import OutboxEvent
-from ..client.stream import ConnectionStatus, StatusChange
-from ..protocol import EventType
+from ..protocol.outbox_machine import OutboxEvent
+from ..protocol.rules import MAX_RECONNECT_ATTEMPTS
+from ..protocol.status import ConnectionStatus, StatusChange
+from ..protocol.transcript import Delivery, Message, Touched, Transcript
+
+__all__ = ["Banner", "Changes", "ChatView", "Delivery", "Entry"]
 
 # Statuses after which no event can arrive until the user acts (Reconnect).
 _DEAD_STATUSES: Final = frozenset(
     {ConnectionStatus.OFFLINE, ConnectionStatus.FAILED, ConnectionStatus.CLOSED}
 )
-# Final send failures that a Retry cannot fix: the message itself is refused.
-_NOT_RETRYABLE_STATUSES: Final = frozenset({400, 413})
 
-
-class Delivery(str, Enum):
-    """Where a message sent from this view stands."""
-
-    PENDING = "pending"  # handed to the outbox, no answer from the server yet
-    RETRYING = "retrying"  # a transient failure; the outbox will try again
-    FAILED = "failed"  # finally not delivered
-    DELIVERED = "delivered"  # the server has it (receipt or its user_message)
-
-
-Role = Literal["user", "agent", "notice"]
-
-
-@dataclass
-class Entry:
-    """One item of the message list: a user message, an agent answer or a notice."""
-
-    key: str
-    role: Role
-    text: str
-    generation: int
-    order: int
-    seq: int | None = None
-    # user messages
-    client_msg_id: str | None = None
-    delivery: Delivery | None = None  # None: not sent from this view (history, other clients)
-    attempt: int | None = None
-    retry_in: float | None = None
-    status: int | None = None
-    retry_offered: bool = False
-    # agent answers
-    message_id: str | None = None
-    reply_to: int | None = None
-    done: bool = False
-    # an answer's agent error, a send failure, or a notice's kind of trouble
-    error: str | None = None
-
-    def sort_key(self) -> tuple[int, float, int]:
-        """Session order; messages not yet numbered by the server go last, in send order."""
-        return (self.generation, float("inf") if self.seq is None else self.seq, self.order)
+# One item of the message list: the reducer's message, drawn as it is.
+Entry = Message
 
 
 BannerKind = Literal["session_unknown", "connection_refused", "setup_failed"]
@@ -117,176 +75,75 @@ class ChatView:
     client's event loop).
     """
 
-    def __init__(self, session_id: str, *, max_attempts: int = 6) -> None:
+    def __init__(self, session_id: str, *, max_attempts: int = MAX_RECONNECT_ATTEMPTS) -> None:
         self.session_id = session_id
         self.status = ConnectionStatus.IDLE
         self.status_change = StatusChange(ConnectionStatus.IDLE)
         self.max_attempts = max_attempts
         self.detached_reason: str | None = None
         self.input_error: str | None = None
-        self.generation = 0
-        self._entries: dict[str, Entry] = {}
-        self._own: dict[str, Entry] = {}  # clientMsgId -> entry, for messages sent from here
+        self.transcript = Transcript(session_id)
         self._banners: dict[BannerKind, Banner] = {}
-        self._order = itertools.count()
         self._changes = Changes(chrome=True)
-        self._reset_session_counters()
 
-    def _reset_session_counters(self) -> None:
-        self.last_seq = 0
-        # Seqs of user messages the agent has not finished answering, and those it has.
-        # `_answered` is kept so a late receipt (a retry answered as a duplicate after
-        # the answer already streamed) cannot bring back "thinking".
-        self._unanswered: set[int] = set()
-        self._answered: set[int] = set()
-        self._started: set[int] = set()
-        self._open_answers: set[str] = set()
+    @property
+    def generation(self) -> int:
+        """How many times the session was started again under the same id."""
+        return self.transcript.generation
 
-    # -- inputs: the outbox ---------------------------------------------------------------
+    @property
+    def last_seq(self) -> int:
+        """The last seq shown of the live session (0: none yet)."""
+        return self.transcript.last_seq or 0
+
+    @property
+    def gap(self) -> dict[str, int] | None:
+        """Seqs the view misses (`after` < seq < `before`): fetch them from history."""
+        return self.transcript.gap
+
+    # -- inputs: the outbox and the session ------------------------------------------------
 
     def outbox_event(self, event: OutboxEvent) -> None:
         """A `send_pending`, `send_failed` or `send_accepted` for a message of this session."""
         if event.session_id != self.session_id:
             return
-        entry = self._own.get(event.client_msg_id)
-        if entry is None:
-            entry = self._add(
-                "user",
-                f"u:{event.client_msg_id}",
-                event.text,
-                client_msg_id=event.client_msg_id,
-            )
-            self._own[event.client_msg_id] = entry
+        self._note(self.transcript.apply(event.transcript_input()))
         if event.type == "send_pending":
-            # A new message, or the user's Retry of a failed one: in flight again,
-            # and it belongs to the session as it is now.
-            if entry.generation != self.generation:
-                entry.generation = self.generation
-                entry.seq = None
-                self._changes.order = True
-            self._set_delivery(entry, Delivery.PENDING)
-            entry.error = entry.retry_in = entry.status = entry.attempt = None
-            entry.retry_offered = False
             self.input_error = None
-        elif entry.delivery is Delivery.DELIVERED:
-            # The session already showed this message; a lost HTTP answer for it
-            # (and its retry's failure) changes nothing for the user.
-            if event.type == "send_accepted":
-                self._note_receipt(entry, event.seq)
-        elif event.type == "send_accepted":
-            self._set_delivery(entry, Delivery.DELIVERED)
-            entry.error = entry.retry_in = None
-            self._note_receipt(entry, event.seq)
-        elif event.will_retry:
-            self._set_delivery(entry, Delivery.RETRYING)
-            entry.error, entry.status = event.error, event.status
-            entry.attempt, entry.retry_in = event.attempt, event.retry_in
-        else:
-            self._set_delivery(entry, Delivery.FAILED)
-            entry.error, entry.status, entry.attempt = event.error, event.status, event.attempt
-            entry.retry_in = None
-            entry.retry_offered = event.status not in _NOT_RETRYABLE_STATUSES
-            if event.status == 404 and "session_unknown" in (event.error or ""):
+        elif event.type == "send_failed" and not event.will_retry:
+            message = self.transcript.own.get(event.client_msg_id)
+            if (
+                message is not None
+                and message.delivery is Delivery.FAILED
+                and event.status == 404
+                and "session_unknown" in (event.error or "")
+            ):
                 self.session_lost("session_unknown")
-        self._changes.chrome = True
-
-    def _note_receipt(self, entry: Entry, seq: int | None) -> None:
-        if seq is None or entry.generation != self.generation:
-            return
-        if entry.seq != seq:
-            entry.seq = seq
-            self._changes.order = True
-        if seq not in self._answered:
-            self._unanswered.add(seq)
-
-    def _set_delivery(self, entry: Entry, delivery: Delivery) -> None:
-        entry.delivery = delivery
-        self._changes.entries.add(entry.key)
-
-    # -- inputs: session events ----------------------------------------------------------------
 
     def session_event(self, event: Mapping[str, Any]) -> None:
-        """A session event (`user_message`, `message_start`, `block_delta`, …), in seq order."""
+        """A session event (`user_message`, `message_start`, `block_delta`, …)."""
         if event.get("sessionId") != self.session_id:
             return
-        seq = event.get("seq")
-        if not isinstance(seq, int) or seq <= self.last_seq:
-            return  # already shown (a replay overlapping what we have)
-        self.last_seq = seq
-        kind = event.get("type")
-        if kind == EventType.USER_MESSAGE:
-            self._user_message(event, seq)
-        elif kind == EventType.MESSAGE_START:
-            self._message_start(event, seq)
-        elif kind == EventType.BLOCK_DELTA:
-            entry = self._answer(event, seq)
-            entry.text += str(event.get("text", ""))
-        elif kind == EventType.ERROR:
-            self._agent_error(event, seq)
-        elif kind == EventType.MESSAGE_END:
-            self._message_end(event, seq)
-        elif kind == EventType.SESSION_ENDED:
+        self._apply({"kind": "event", "event": event})
+
+    def history(self, events: list[dict[str, Any]]) -> None:
+        """History's answer for the `gap`: fills it (what history lacks is skipped)."""
+        self._apply({"kind": "history", "events": events})
+
+    def rewound(self, last_seq: int) -> None:
+        """The server's history ends at `last_seq`, before what was shown: it lost the rest."""
+        self._note(self.transcript.apply({"kind": "watched", "lastSeq": last_seq}))
+
+    def _apply(self, item: Mapping[str, Any]) -> None:
+        ended = self.transcript.ended
+        self._note(self.transcript.apply(item))
+        if self.transcript.ended == "session_ended" and ended is None:
             self.session_lost("session_ended")
+
+    def _note(self, touched: Touched) -> None:
+        self._changes.entries |= touched.keys
+        self._changes.order = self._changes.order or touched.reordered
         self._changes.chrome = True
-
-    def _user_message(self, event: Mapping[str, Any], seq: int) -> None:
-        client_msg_id = str(event.get("clientMsgId", ""))
-        entry = self._own.get(client_msg_id)
-        if entry is None:
-            entry = self._add(
-                "user", f"u{self.generation}:{seq}", str(event.get("text", "")), seq=seq
-            )
-            entry.client_msg_id = client_msg_id
-        else:
-            # Evidence about this message: it is in the session, whatever the outbox said.
-            entry.generation = self.generation
-            entry.seq = seq
-            entry.delivery = Delivery.DELIVERED
-            entry.error = entry.retry_in = None
-            entry.retry_offered = False
-            self._changes.entries.add(entry.key)
-            self._changes.order = True
-        if seq not in self._answered:
-            self._unanswered.add(seq)
-
-    def _message_start(self, event: Mapping[str, Any], seq: int) -> None:
-        entry = self._answer(event, seq)
-        reply_to = event.get("replyTo")
-        if not isinstance(reply_to, int):
-            # Without replyTo: the agent answers in order, so it is the oldest unanswered.
-            waiting = sorted(self._unanswered - self._started)
-            reply_to = waiting[0] if waiting else None
-        entry.reply_to = reply_to
-        if reply_to is not None:
-            self._started.add(reply_to)
-        self._open_answers.add(entry.key)
-
-    def _answer(self, event: Mapping[str, Any], seq: int) -> Entry:
-        message_id = str(event.get("messageId", ""))
-        key = f"a{self.generation}:{message_id}"
-        entry = self._entries.get(key)
-        if entry is None:
-            # Also for a delta whose message_start was trimmed from the history.
-            entry = self._add("agent", key, "", seq=seq)
-            entry.message_id = message_id
-        self._changes.entries.add(key)
-        return entry
-
-    def _agent_error(self, event: Mapping[str, Any], seq: int) -> None:
-        message = str(event.get("message") or "the agent failed")
-        if event.get("messageId"):
-            entry = self._answer(event, seq)
-            entry.error = message
-        else:
-            self._add("notice", f"n{self.generation}:{seq}", message, seq=seq).error = message
-
-    def _message_end(self, event: Mapping[str, Any], seq: int) -> None:
-        entry = self._answer(event, seq)
-        entry.done = True
-        self._open_answers.discard(entry.key)
-        if entry.reply_to is not None:
-            self._unanswered.discard(entry.reply_to)
-            self._answered.add(entry.reply_to)
 
     # -- inputs: the connection -----------------------------------------------------------
 
@@ -310,6 +167,8 @@ class ChatView:
 
     def session_lost(self, reason: str) -> None:
         """The session no longer exists (`session_ended`, or 404 `session_unknown`)."""
+        if self.transcript.ended is None:
+            self.transcript.apply({"kind": "lost", "reason": reason})
         why = "it was deleted" if reason == "session_ended" else "the server does not know it"
         self._banners["session_unknown"] = Banner(
             "session_unknown",
@@ -343,34 +202,34 @@ class ChatView:
 
     def new_session(self) -> None:
         """The session was started again under the same id: a fresh conversation follows."""
-        self.generation += 1
-        self._reset_session_counters()
         self._banners.pop("session_unknown", None)
-        # seq 0: first in its generation, before anything the new session numbers.
-        self._add("notice", f"n{self.generation}:start", f"New session “{self.session_id}”", seq=0)
-        self._changes.chrome = True
+        self._note(
+            self.transcript.apply(
+                {"kind": "new_session", "text": f"New session “{self.session_id}”"}
+            )
+        )
 
     # -- outputs ---------------------------------------------------------------------------
 
     @property
     def entries(self) -> list[Entry]:
         """The message list in display order."""
-        return sorted(self._entries.values(), key=Entry.sort_key)
+        return self.transcript.ordered()
 
     def entry(self, key: str) -> Entry:
         """One entry by key."""
-        return self._entries[key]
+        return self.transcript.messages[key]
 
     def own(self, client_msg_id: str) -> Entry | None:
         """The entry of a message sent from this view."""
-        return self._own.get(client_msg_id)
+        return self.transcript.own.get(client_msg_id)
 
     @property
     def unfinished(self) -> list[Entry]:
         """Messages sent from here that are still pending or retrying, in send order."""
         return [
             e
-            for e in sorted(self._own.values(), key=lambda e: e.order)
+            for e in sorted(self.transcript.own.values(), key=lambda e: e.order)
             if e.delivery in (Delivery.PENDING, Delivery.RETRYING)
         ]
 
@@ -392,11 +251,7 @@ class ChatView:
         """True while the agent works (or is about to) on a message of the live session."""
         if self.status in _DEAD_STATUSES or self.session_gone:
             return False
-        pending = any(
-            e.delivery is Delivery.PENDING and e.generation == self.generation
-            for e in self._own.values()
-        )
-        return pending or bool(self._unanswered) or bool(self._open_answers)
+        return self.transcript.thinking
 
     @property
     def status_line(self) -> str:
@@ -462,14 +317,3 @@ class ChatView:
             "banner": banner.text if banner else None,
             "messages": messages,
         }
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _add(
-        self, role: Role, key: str, text: str, *, seq: int | None = None, **extra: Any
-    ) -> Entry:
-        entry = Entry(key, role, text, self.generation, next(self._order), seq=seq, **extra)
-        self._entries[key] = entry
-        self._changes.entries.add(key)
-        self._changes.order = True
-        return entry

@@ -6,8 +6,9 @@
     ChatWidget("demo")   # creates or joins session "demo" on this kernel's Jupyter server
 
 Threads: the widget owns a private asyncio loop in a daemon thread. The
-client (`AsyncChatClient`), the view state (`ChatView`) and every redraw live
-on that thread, so the answer keeps streaming into the panel while a cell
+client (`AsyncChatClient`, one for the widget's life: its outbox is the only
+outbox, its stream reconnects with the same cid), the view state (`ChatView`)
+and every redraw live on that thread, so the answer keeps streaming into the panel while a cell
 blocks the kernel (a kernel's own asyncio loop stalls then). ipykernel sends
 widget updates from any thread through its IOPub thread. The kernel's main
 thread only reads the input box and hands actions to the loop; clicks and
@@ -30,17 +31,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
-from ..client.api import AsyncChatClient
+from ..client.api import AsyncChatClient, AsyncSession
 from ..client.discovery import discover_server
-from ..client.outbox import OutboxEvent, OutboxFull, new_client_msg_id
-from ..client.stream import ConnectionStatus, StatusChange, StreamClosed
+from ..client.outbox import OutboxEvent, OutboxFull
+from ..client.stream import StreamClosed
 from ..client.transport import HTTPStatusError, TransportError
 from ..protocol import EventType, cid_from_hex, is_valid_session_id
+from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
 from .panel import ChatPanel
 
@@ -59,14 +60,6 @@ _WAITING_STATUSES: Final = frozenset(
 
 
 # -- the widget -----------------------------------------------------------------------------
-
-
-@dataclass
-class _Link:
-    """One client instance; callbacks of a replaced client are recognised and ignored."""
-
-    client: AsyncChatClient | None = None
-    ready: bool = False  # the session is watched: sends may go out
 
 
 class ChatWidget(widgets.VBox):  # type: ignore[misc]
@@ -119,9 +112,11 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         # The comm id is made once per widget and survives page reloads: our stable cid.
         self.cid = cid_from_hex(self.model_id)
         self.view = ChatView(session_id)
-        self._link = _Link()
+        self._client: AsyncChatClient | None = None
+        self._handle: AsyncSession | None = None
+        self._gap_task: asyncio.Task[None] | None = None
         self._close_lock = threading.Lock()
-        self._swap_lock: asyncio.Lock | None = None
+        self._open_lock: asyncio.Lock | None = None
         self._setting_up = True
         self._render_handle: asyncio.TimerHandle | None = None
         self._last_render = 0.0
@@ -130,7 +125,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             target=self._loop.run_forever, name=f"chatbridge-widget-{session_id}", daemon=True
         )
         self._thread.start()
-        self._call_soon(lambda: self._spawn(self._start(after_seq=0)))
+        self._call_soon(self._boot)
         self.comm.on_close(self._closed_by_frontend)
 
     # -- public API (any thread) -------------------------------------------------------------
@@ -147,11 +142,11 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
 
     def reconnect(self) -> None:
         """Reconnect after the stream gave up (same cid: the server keeps our state)."""
-        self._call_soon(lambda: self._spawn(self._start(after_seq=self.view.last_seq)))
+        self._call_soon(lambda: self._spawn(self._open(reconnect=True)))
 
     def start_new_session(self) -> None:
         """Start the session again under the same id, after it was deleted."""
-        self._call_soon(lambda: self._spawn(self._start(after_seq=0, new_session=True)))
+        self._call_soon(lambda: self._spawn(self._open(new_session=True)))
 
     def take_over(self) -> None:
         """Drive the session from here again after another client took it over."""
@@ -253,27 +248,31 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
 
     # -- on the loop thread ---------------------------------------------------------------------
 
-    def _make_client(self, link: _Link) -> AsyncChatClient:
+    def _boot(self) -> None:
+        self._client = self._make_client()
+        self._spawn(self._open())
+
+    def _make_client(self) -> AsyncChatClient:
         def on_status(change: StatusChange) -> None:
-            if link is self._link:
+            if not self._closed:
                 self.view.status_changed(change)
                 self._render_soon()
 
         def on_send(event: OutboxEvent) -> None:
-            if link is self._link:
+            if not self._closed:
                 self.view.outbox_event(event)
                 self._render_soon()
 
         def on_frame(kind: str, data: dict[str, Any]) -> None:
-            if (
-                link is self._link
-                and kind == EventType.DETACHED
-                and data.get("sessionId") == self.session_id
-            ):
+            if self._closed or data.get("sessionId") != self.session_id:
+                return
+            if kind == EventType.DETACHED:
                 self.view.detached(str(data.get("reason")))
-                self._render_soon()
+            elif kind == "rewound" and isinstance(data.get("lastSeq"), int):
+                self.view.rewound(data["lastSeq"])
+            self._render_soon()
 
-        return AsyncChatClient(
+        client = AsyncChatClient(
             self._server_url,
             self._token,
             **self._client_options,
@@ -282,94 +281,98 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             on_send=on_send,
             on_frame=on_frame,
         )
+        # Typed before the session is open: queued (and shown pending), posted once it is.
+        client.outbox.hold()
+        return client
 
-    async def _start(self, *, after_seq: int, new_session: bool = False) -> None:
-        """(Re)open the session on a fresh client with our cid, then follow its events."""
-        if self._swap_lock is None:
-            self._swap_lock = asyncio.Lock()
-        async with self._swap_lock:
-            old = self._link
-            link = self._link = _Link()
+    async def _open(self, *, reconnect: bool = False, new_session: bool = False) -> None:
+        """(Re)open the session on our one client, then follow its events."""
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        client = self._client
+        if client is None or self._closed:
+            return
+        async with self._open_lock:
             self._setting_up = True
-            if old.client is not None:
-                await old.client.close()
-            if self._closed:
-                return
+            client.outbox.hold()
             if new_session:
                 self.view.new_session()
-            link.client = self._make_client(link)
-        self._render_soon()
-        try:
+            if reconnect:
+                client.reconnect()
+            self._render_soon()
+            handle = client.handle(self.session_id)
+            if handle is not self._handle:
+                # Before watching: the replay of the conversation so far must reach the view.
+                self._handle = handle
+                handle.add_listener(self._on_event)
+                handle.add_lost_listener(self._on_lost)
             try:
-                await link.client.connect()
-                handle = await link.client.session(
-                    self.session_id, create=True, after_seq=after_seq, attach=True
+                await client.connect()
+                # From the start (the conversation so far), or after what is shown.
+                await client.session(
+                    self.session_id, create=True, after_seq=self.view.last_seq, attach=True
                 )
             except StreamClosed:
                 return  # the status line and banner already say why
             except HTTPStatusError as exc:
-                if link is self._link:
-                    if exc.status == 404:
-                        self.view.session_lost("session_unknown")
-                    else:
-                        self.view.setup_failed(str(exc))
+                if exc.status == 404:
+                    self.view.session_lost("session_unknown")
+                else:
+                    self.view.setup_failed(str(exc))
                 return
             except (TransportError, OSError, asyncio.TimeoutError) as exc:
-                if link is self._link:
-                    self.view.setup_failed(f"{type(exc).__name__}: {exc}")
+                self.view.setup_failed(f"{type(exc).__name__}: {exc}")
                 return
-        finally:
-            if link is self._link:
+            finally:
                 self._setting_up = False
                 self._render_soon()
-        if link is not self._link:
-            return
-        link.ready = True
-        self.view.session_opened()
-        # Messages typed before the session was open, or left in a replaced client's
-        # outbox: same clientMsgId, so the server's dedup makes a resend harmless.
-        for entry in self.view.unfinished:
-            assert entry.client_msg_id is not None
-            try:
-                link.client.send(self.session_id, entry.text, entry.client_msg_id)
-            except OutboxFull as exc:
-                self.view.send_refused(str(exc))
-                break
-        self._render_soon()
-        async for event in handle.events():
-            if link is not self._link:
-                return
-            self.view.session_event(event)
+            self.view.session_opened()
+            client.outbox.release()
             self._render_soon()
-        if link is self._link and handle.lost in ("session_ended", "session_unknown"):
-            self.view.session_lost(handle.lost)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if self._closed:
+            return
+        self.view.session_event(event)
+        if self.view.gap is not None and self._gap_task is None:
+            self._gap_task = self._loop.create_task(self._fill_gap())
+        self._render_soon()
+
+    async def _fill_gap(self) -> None:
+        gap, handle = self.view.gap, self._handle
+        try:
+            if gap is None or handle is None:
+                return
+            events = await handle.gap_history(gap)
+        finally:
+            self._gap_task = None
+        self.view.history(events)
+        self._render_soon()
+
+    def _on_lost(self, reason: str) -> None:
+        if not self._closed and reason in ("session_ended", "session_unknown"):
+            self.view.session_lost(reason)
             self._render_soon()
 
     def _send_on_loop(self, text: str) -> str:
-        link = self._link
-        if link.ready and link.client is not None:
-            return link.client.send(self.session_id, text)
-        # Not open yet (or being reopened): show it as pending; `_start` sends it.
-        client_msg_id = new_client_msg_id()
-        self.view.outbox_event(OutboxEvent("send_pending", self.session_id, client_msg_id, text))
-        self._render_soon()
-        return client_msg_id
+        if self._client is None:
+            raise RuntimeError("this ChatWidget is closed")
+        return self._client.send(self.session_id, text)
 
     def _retry_on_loop(self, client_msg_id: str) -> None:
         entry = self.view.own(client_msg_id)
-        if entry is None or entry.delivery is not Delivery.FAILED:
+        client = self._client
+        if client is None or entry is None or entry.delivery is not Delivery.FAILED:
             return
-        link = self._link
+        if not entry.retry_offered:
+            return
         try:
-            if link.ready and link.client is not None:
-                if client_msg_id in link.client.outbox.failed:
-                    link.client.outbox.retry(client_msg_id)
-                else:
-                    link.client.send(self.session_id, entry.text, client_msg_id)
+            if client_msg_id in client.outbox.failed:
+                client.outbox.retry(client_msg_id)
             else:
-                self.view.outbox_event(
-                    OutboxEvent("send_pending", self.session_id, client_msg_id, entry.text)
-                )
+                # The outbox no longer holds it (the server lost it, or it was forgotten):
+                # the same clientMsgId again, so the server's dedup keeps it single.
+                client.send(self.session_id, entry.text, client_msg_id)
         except OutboxFull as exc:
             self.view.send_refused(str(exc))
         self._render_soon()
@@ -379,17 +382,16 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._render_soon()
 
     async def _attach(self) -> None:
-        link = self._link
-        if not link.ready or link.client is None:
+        client = self._client
+        if client is None or self._handle is None:
             return
         try:
-            await link.client.stream.call("attach", self.session_id)
+            await client.stream.call("attach", self.session_id)
         except (HTTPStatusError, TransportError, StreamClosed) as exc:
             log.warning("chatbridge widget: take over failed: %s", exc)
             return
-        if link is self._link:
-            self.view.session_opened()
-            self._render_soon()
+        self.view.session_opened()
+        self._render_soon()
 
     def _idle(self) -> bool:
         return (
@@ -404,10 +406,9 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         if self._render_handle is not None:
             self._render_handle.cancel()
             self._render_handle = None
-        link = self._link
-        self._link = _Link()  # callbacks of the closing client are now ignored
-        if link.client is not None:
-            await link.client.close()
+        client, self._client = self._client, None  # its callbacks are now ignored
+        if client is not None:
+            await client.close()
         self.view.status_changed(StatusChange(ConnectionStatus.CLOSED))
         # Whatever is left (a setup waiting on the closed client, a reader): cancel and wait.
         current = asyncio.current_task()
