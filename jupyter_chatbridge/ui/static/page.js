@@ -189,7 +189,7 @@ export class ChatPage {
       if (entry.history[entry.history.length - 1] !== message.delivery) {
         entry.history.push(message.delivery);
       }
-      if (message.delivery === "delivered" && input.kind === "event") {
+      if (message.delivery === "delivered" && input.kind !== "outbox") {
         this.outbox.confirm(message.clientMsgId);
       }
     }
@@ -257,28 +257,34 @@ export class ChatPage {
     }, FILL_GRACE_MS);
   }
 
+  // The hole's history, fetched page by page up to the hole's end, goes to the transcript
+  // as one "history" input: it applies what history has and skips what it no longer has.
   async fill() {
     const view = this.view;
     const gap = view && view.gap;
     if (!gap || this.gone) return;
     this.filling = true;
-    let progress = false;
     try {
-      const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${gap.after}`;
-      const { status, body } = await this.request("GET", path);
-      if (view !== this.view || status !== 200) return;
-      for (const event of body.events || []) this.onSessionEvent(event);
-      const left = view.gap;
-      // History no longer has the missing events (trimmed): go on without them.
-      if (left && left.after === gap.after) this.applyToView(view, { kind: "skip_gap" });
-      progress = true;
+      const events = [];
+      for (let after = gap.after; after < gap.before - 1; ) {
+        const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${after}`;
+        const { status, body } = await this.request("GET", path);
+        if (view !== this.view || status !== 200) return;
+        const page = (body && body.events) || [];
+        const last = page.length > 0 ? page[page.length - 1].seq : after;
+        if (!(last > after)) break; // history has nothing more
+        events.push(...page);
+        after = last;
+      }
+      this.applyToView(view, { kind: "history", events });
+      if (view.ended === "session_ended" && !this.gone) {
+        this.sessionGone({ source: "session_ended" });
+      }
     } catch {
       // The next gap or welcome tries again.
     } finally {
       this.filling = false;
     }
-    // A page of history may end before the hole does.
-    if (progress && view === this.view && view.gap) this.scheduleFill();
   }
 
   // -- sessions -----------------------------------------------------------------------------------

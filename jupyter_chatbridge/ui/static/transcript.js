@@ -4,7 +4,7 @@
 //
 // - seq order: an event at or below `lastSeq` is a duplicate and ignored; one past a hole
 //   is held back and `gap` says which seqs to fetch from history; the held events apply,
-//   in order, once the hole is filled (or skipped).
+//   in order, once the hole is filled; what history no longer has is skipped.
 // - a server that rewound (its lastSeq behind what was shown) loses what came after: those
 //   entries go, and our own messages among them become failed, offered a Retry.
 // - a delivery state changes only on evidence about that message (its own send_* events,
@@ -111,7 +111,7 @@ export class Transcript {
 
   // -- the one entry point --------------------------------------------------------------
 
-  /** Apply one input: {kind: "event"|"outbox"|"watched"|"skip_gap"|"lost"|"new_session"}. */
+  /** Apply one input: {kind: "event"|"outbox"|"history"|"watched"|"skip_gap"|"lost"|…}. */
   apply(item) {
     this.touched = { keys: new Set(), reordered: false };
     switch (item.kind) {
@@ -123,6 +123,9 @@ export class Transcript {
         break;
       case "watched":
         this.watched(Number(item.lastSeq));
+        break;
+      case "history":
+        this.history(item.events);
         break;
       case "skip_gap":
         this.skipGap();
@@ -165,6 +168,12 @@ export class Transcript {
   get gap() {
     if (this.held.size === 0 || this.lastSeq === null) return null;
     return { after: this.lastSeq, before: Math.min(...this.held.keys()) };
+  }
+
+  /** History's answer for a gap: apply its events; a hole it cannot fill is skipped. */
+  history(events) {
+    for (const event of events) this.sessionEvent(event);
+    this.skipGap();
   }
 
   /** History cannot fill the hole (trimmed): go on from the first held event. */
@@ -297,7 +306,7 @@ export class Transcript {
     this.touch(message);
     if (event.type === "send_pending") {
       // A new message, or the user's Retry: in flight again, in the session as it is now.
-      if (message.generation !== this.generation || message.seq !== null) {
+      if (message.generation !== this.generation) {
         message.generation = this.generation;
         message.seq = null;
         this.touched.reordered = true;
@@ -342,7 +351,7 @@ export class Transcript {
   // that flag (an older producer) the same table decides from the status.
   retryable(event) {
     if (typeof event.retryable === "boolean") return event.retryable;
-    return outcomeOf(this.rules, int(event.status)) !== "permanent";
+    return outcomeOf(this.rules, int(event.status)) !== "refused";
   }
 
   // -- facts about the session ------------------------------------------------------------
