@@ -13,8 +13,9 @@ Rules kept here (docs/client-rules.md, "transcript"):
   events apply, in order, once the hole is filled; what history no longer has
   is skipped.
 - a server that rewound (its lastSeq behind what was shown) loses what came
-  after: those entries go, and our own messages among them become failed,
-  offered a Retry, since the server no longer has them.
+  after: those entries go (an answer begun before is cut back to what the
+  server kept), and our own messages among them become failed, offered a
+  Retry, since the server no longer has them.
 - a delivery state changes only on evidence about that message (its own
   `send_*` events, its `user_message`); a final failure is offered a Retry
   exactly when the outbox says it is `retryable`.
@@ -27,85 +28,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, Final, Literal
+from typing import Any
 
+from .messages import LOST_BY_SERVER, Delivery, Message, Role
 from .outbox_machine import outcome_of
 
-ROLES: Final = ("user", "agent", "notice")
-Role = Literal["user", "agent", "notice"]
-
-
-class Delivery(str, Enum):
-    """Where a message sent from this client stands."""
-
-    PENDING = "pending"  # handed to the outbox, no answer from the server yet
-    RETRYING = "retrying"  # a transient failure; the outbox will try again
-    FAILED = "failed"  # finally not delivered
-    DELIVERED = "delivered"  # the server has it (receipt or its user_message)
-
-
-LOST_BY_SERVER: Final = "lost by the server"
-
-
-@dataclass
-class Message:
-    """One item of the transcript: a user message, an agent answer or a notice."""
-
-    key: str
-    role: Role
-    text: str
-    generation: int
-    order: int
-    seq: int | None = None
-    # user messages
-    client_msg_id: str | None = None
-    delivery: Delivery | None = None  # None: not sent from this client
-    attempt: int | None = None
-    retry_in_ms: float | None = None
-    status: int | None = None
-    retry_offered: bool = False
-    # agent answers
-    message_id: str | None = None
-    reply_to: int | None = None
-    done: bool = False
-    # an answer's agent error, a send failure, or a notice's trouble
-    error: str | None = None
-
-    @property
-    def retry_in(self) -> float | None:
-        """Seconds until the outbox retries (for a status line)."""
-        return None if self.retry_in_ms is None else self.retry_in_ms / 1000.0
-
-    def sort_key(self) -> tuple[int, float, int]:
-        """Session order; messages not yet numbered by the server go last, in send order."""
-        return (self.generation, float("inf") if self.seq is None else self.seq, self.order)
-
-    def to_dict(self) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "key": self.key,
-            "role": self.role,
-            "generation": self.generation,
-            "seq": self.seq,
-            "text": self.text,
-        }
-        if self.role == "user":
-            base.update(
-                clientMsgId=self.client_msg_id,
-                delivery=None if self.delivery is None else self.delivery.value,
-                attempt=self.attempt,
-                status=self.status,
-                retryInMs=self.retry_in_ms,
-                retryOffered=self.retry_offered,
-                error=self.error,
-            )
-        elif self.role == "agent":
-            base.update(
-                messageId=self.message_id, replyTo=self.reply_to, done=self.done, error=self.error
-            )
-        else:
-            base.update(error=self.error)
-        return base
+__all__ = ["Delivery", "Message", "Touched", "Transcript"]
 
 
 @dataclass
@@ -221,7 +149,9 @@ class Transcript:
         elif kind == "message_start":
             self._message_start(event, seq)
         elif kind == "block_delta":
-            self._answer(event, seq).text += str(event.get("text", ""))
+            answer = self._answer(event, seq)
+            answer.chunks.append((seq, str(event.get("text", ""))))
+            answer.text += answer.chunks[-1][1]
         elif kind == "error":
             self._agent_error(event, seq)
         elif kind == "message_end":
@@ -274,7 +204,8 @@ class Transcript:
     def _agent_error(self, event: Mapping[str, Any], seq: int) -> None:
         text = str(event.get("message") or "the agent failed")
         if event.get("messageId"):
-            self._answer(event, seq).error = text
+            answer = self._answer(event, seq)
+            answer.error, answer.error_seq = text, seq
         else:
             notice = self._add("notice", f"n{self.generation}:{seq}", text)
             notice.seq = seq
@@ -282,7 +213,7 @@ class Transcript:
 
     def _message_end(self, event: Mapping[str, Any], seq: int) -> None:
         message = self._answer(event, seq)
-        message.done = True
+        message.done, message.end_seq = True, seq
         self.open_answers.discard(message.key)
         if message.reply_to is not None:
             self.unanswered.discard(message.reply_to)
@@ -355,10 +286,14 @@ class Transcript:
         self.rewound = {"from": self.last_seq, "to": last_seq}
         self.last_seq = last_seq
         self.held.clear()
+        for seqs in (self.unanswered, self.answered, self.started):
+            seqs.difference_update({s for s in seqs if s > last_seq})
         for message in list(self.messages.values()):
             if message.generation != self.generation or message.seq is None:
                 continue
             if message.seq <= last_seq:
+                if message.role == "agent":
+                    self._cut_back(message, last_seq)
                 continue
             self._touch(message, reordered=True)
             if message.client_msg_id in self.own and message is self.own[message.client_msg_id]:
@@ -370,8 +305,30 @@ class Transcript:
             else:
                 del self.messages[message.key]
                 self.open_answers.discard(message.key)
-        for seqs in (self.unanswered, self.answered, self.started):
-            seqs.difference_update({s for s in seqs if s > last_seq})
+                reply_to = message.reply_to
+                if message.role == "agent" and reply_to is not None and reply_to <= last_seq:
+                    # Its question survived, its answer did not: it waits for one again.
+                    self.started.discard(reply_to)
+                    self.answered.discard(reply_to)
+                    self.unanswered.add(reply_to)
+
+    def _cut_back(self, answer: Message, last_seq: int) -> None:
+        """An answer that began before the rewind keeps only what the server kept."""
+        kept = [chunk for chunk in answer.chunks if chunk[0] <= last_seq]
+        unchanged = len(kept) == len(answer.chunks)
+        if unchanged and max(answer.end_seq or 0, answer.error_seq or 0) <= last_seq:
+            return
+        self._touch(answer)
+        answer.chunks = kept
+        answer.text = "".join(text for _, text in kept)
+        if (answer.error_seq or 0) > last_seq:
+            answer.error = answer.error_seq = None
+        if (answer.end_seq or 0) > last_seq:
+            answer.done, answer.end_seq = False, None
+            self.open_answers.add(answer.key)
+            if answer.reply_to is not None:
+                self.answered.discard(answer.reply_to)
+                self.unanswered.add(answer.reply_to)
 
     def lost(self, reason: str) -> None:
         """The session no longer exists (404 `session_unknown`, or it ended)."""
