@@ -1,12 +1,14 @@
-"""Agents for tests: one that waits at a gate the test opens, one that fails."""
+"""Agents for tests: one that waits at a gate the test opens, one that fails, a fast one,
+and one whose answers have as many lines as asked."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
-from jupyter_chatbridge.server.agents import Agent, UserMessage
+from jupyter_chatbridge.server.agents import Agent, EchoAgent, UserMessage
 
 
 class GateAgent(Agent):
@@ -41,3 +43,17 @@ class BurstAgent(Agent):
             yield f"{i} "
             if i % 10 == 9:
                 await asyncio.sleep(0.002)
+
+
+class LinesAgent(EchoAgent):
+    """Echoes the message like `EchoAgent`; a message that asks for "N lines" then gets
+    N numbered lines in all, so a conversation's answers can be any height."""
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+        async for chunk in super().reply(message):
+            yield chunk
+        asked = re.search(r"(\d+) lines", message.text)
+        for number in range(2, int(asked.group(1)) + 1 if asked else 0):
+            if self.chunk_delay > 0:
+                await asyncio.sleep(self.chunk_delay)
+            yield f"\nline {number}: more of the answer"

@@ -301,3 +301,31 @@ def test_html_escapes_user_and_agent_text(view: ChatView) -> None:
     assert "&amp; co" in entry_html(user)
     assert "<script>" not in entry_html(agent) and "&lt;script&gt;" in entry_html(agent)
     assert "✓ delivered" in entry_html(user)
+
+
+def test_a_gone_session_shows_only_its_banner_and_its_action(view: ChatView) -> None:
+    # The server detaches the driver, then ends the session: one cause, one status.
+    view.detached("session_ended")
+    Session(view).event("session_ended")
+    assert view.banner is not None and view.banner.action == "Start a new session"
+    assert view.status_action is None  # no Take over: there is nothing to take over
+    assert view.status_detail is None  # no raw reason code next to the banner
+    assert view.status_line == "connected"
+
+
+@pytest.mark.parametrize(
+    ("reason", "words"),
+    [
+        ("taken_over", "another client now drives this session"),
+        ("expired", "this panel was away too long and no longer drives this session"),
+        ("something_new", "this panel no longer drives this session"),
+    ],
+)
+def test_not_driving_is_said_in_words_with_take_over(
+    view: ChatView, reason: str, words: str
+) -> None:
+    view.detached(reason)
+    assert view.status_detail == words
+    assert view.status_action == "Take over"
+    view.session_opened()  # what a successful Take over ends with
+    assert view.status_detail is None and view.status_action is None

@@ -33,6 +33,13 @@ __all__ = ["Banner", "Changes", "ChatView", "Delivery", "Entry"]
 _DEAD_STATUSES: Final = frozenset(
     {ConnectionStatus.OFFLINE, ConnectionStatus.FAILED, ConnectionStatus.CLOSED}
 )
+# Why this panel no longer drives its session (`detached` frame), in words. Take over undoes
+# any reason but `session_ended`, which the session-gone banner says instead.
+_DETACHED_WORDS: Final = {
+    "taken_over": "another client now drives this session",
+    "expired": "this panel was away too long and no longer drives this session",
+}
+_NOT_DRIVING: Final = "this panel no longer drives this session"
 
 # One item of the message list: the reducer's message, drawn as it is.
 Entry = Message
@@ -275,10 +282,8 @@ class ChatView:
             return f"next try in {change.retry_in:.0f} s ({change.error})"
         if self.status is ConnectionStatus.OFFLINE:
             return f"gave up after {self.max_attempts} attempts ({change.error})"
-        if self.detached_reason == "taken_over":
-            return "another client now drives this session"
-        if self.detached_reason:
-            return f"no longer driving this session ({self.detached_reason})"
+        if self._can_take_over:
+            return _DETACHED_WORDS.get(self.detached_reason or "", _NOT_DRIVING)
         return None
 
     @property
@@ -286,9 +291,16 @@ class ChatView:
         """The action offered next to the status line: "Reconnect", "Take over" or None."""
         if self.status in (ConnectionStatus.OFFLINE, ConnectionStatus.FAILED):
             return "Reconnect"
-        if self.detached_reason and self.status is ConnectionStatus.CONNECTED:
+        if self._can_take_over and self.status is ConnectionStatus.CONNECTED:
             return "Take over"
         return None
+
+    @property
+    def _can_take_over(self) -> bool:
+        """Detached for a reason that attaching again undoes. One status per cause: a gone
+        session shows only its banner and its action, never a Take over that cannot work."""
+        reason = self.detached_reason
+        return reason is not None and reason != "session_ended" and not self.session_gone
 
     def take_changes(self) -> Changes:
         """What changed since the last call (and forget it)."""

@@ -18,6 +18,7 @@ from typing import Any, Final
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from ..client.stream import ConnectionStatus
+from . import panel_style as css
 from .chatview import Banner, Changes, ChatView, Delivery, Entry
 
 # Seconds a submit waits for its text when no text update follows it (see _request_submit).
@@ -63,7 +64,10 @@ def delivery_html(entry: Entry, *, connection_down: bool = False) -> str:
         color, label = _WARN, f"⚠ delivery delayed, retrying{when}… ({entry.error})"
     else:
         color, label = _ERROR, f"✗ not delivered: {entry.error}"
-    return f'<div style="{_SMALL};color:{color};text-align:right">{_text(label)}</div>'
+    return (
+        f'<div class="chatbridge-delivery" style="{_SMALL};color:{color};text-align:right">'
+        f"{_text(label)}</div>"
+    )
 
 
 def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
@@ -75,7 +79,7 @@ def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
             f"{_text(entry.text)}</div>"
         )
     if entry.role == "user":
-        bubble = f'<div style="{_USER_BUBBLE}">{_text(entry.text)}</div>'
+        bubble = f'<div class="chatbridge-bubble" style="{_USER_BUBBLE}">{_text(entry.text)}</div>'
         return (
             f'<div style="{_FONT};margin:3px 0">'
             f'<div style="display:flex;justify-content:flex-end">{bubble}</div>'
@@ -94,7 +98,7 @@ def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
     return (
         f'<div style="{_FONT};margin:3px 0">'
         f'<div style="display:flex;justify-content:flex-start">'
-        f'<div style="{_AGENT_BUBBLE}">{body}</div></div>{error}</div>'
+        f'<div class="chatbridge-bubble" style="{_AGENT_BUBBLE}">{body}</div></div>{error}</div>'
     )
 
 
@@ -178,12 +182,14 @@ class ChatPanel:
             [self.banner_text, self.banner_button],
             layout=widgets.Layout(display="none", align_items="center"),
         )
+        self.banner_box.add_class(css.BANNER)
         self.thinking_row = widgets.HTML(
             f'<div style="{_FONT};{_SMALL};color:{_MUTED};font-style:italic;margin:2px 4px">'
             "thinking…</div>",
-            layout=widgets.Layout(display="none"),
+            layout=widgets.Layout(display="none", flex="0 0 auto"),
         )
-        self.more = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.thinking_row.add_class(css.THINKING)
+        self.more = widgets.HTML(layout=widgets.Layout(display="none", flex="0 0 auto"))
         self.empty = widgets.HTML(
             f'<div style="{_FONT};{_SMALL};color:{_MUTED};text-align:center;margin:8px">'
             "No messages yet. Type below and press Enter.</div>"
@@ -201,6 +207,7 @@ class ChatPanel:
                 padding="4px 8px",
             ),
         )
+        self.messages.add_class(css.MESSAGES)
         # The text reaches the kernel on Enter or blur ("change"), not per keystroke.
         self.input = widgets.Text(
             placeholder="Message — press Enter to send",
@@ -214,6 +221,7 @@ class ChatPanel:
         self.send_button = widgets.Button(description="Send", button_style="primary")
         self.send_button.on_click(lambda _: self._request_submit())
         self.input_row = widgets.HBox([self.input, self.send_button])
+        self.input_row.add_class(css.INPUT_ROW)
         self.hint = widgets.HTML(layout=widgets.Layout(display="none"))
         self.status_text = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
         self.status_button = widgets.Button(
@@ -223,11 +231,35 @@ class ChatPanel:
         self.status_row = widgets.HBox(
             [self.status_text, self.status_button], layout=widgets.Layout(align_items="center")
         )
+        self.status_row.add_class(css.STATUS_ROW)
+        # Shown by the style sheet alone, once the front end marks the panel disconnected.
+        self.restarted = widgets.HTML(
+            f'<div style="{_FONT};padding:6px 10px;border-radius:4px;'
+            "background:var(--jp-error-color3,#ffebee);color:#5f1212;"
+            f'border:1px solid var(--jp-error-color1,#d32f2f)">⚠ {_text(css.RESTARTED_TEXT)}</div>'
+        )
+        self.restarted.add_class(css.RESTARTED)
+        self.style = widgets.HTML(
+            f"<style>{css.CSS}</style>", layout=widgets.Layout(display="none")
+        )
+        self.box = widgets.VBox(
+            [
+                self.style,
+                self.banner_box,
+                self.messages,
+                self.input_row,
+                self.restarted,
+                self.hint,
+                self.status_row,
+            ],
+            layout=widgets.Layout(width="100%"),
+        )
+        self.box.add_class(css.PANEL)
 
     @property
     def children(self) -> list[Any]:
-        """The panel's top-level widgets, in order."""
-        return [self.banner_box, self.messages, self.input_row, self.hint, self.status_row]
+        """The panel's top-level widgets: one box, with the panel's style sheet inside."""
+        return [self.box]
 
     # -- the input (kernel thread) ----------------------------------------------------------
 
@@ -312,10 +344,17 @@ class ChatPanel:
             )
 
     def _make_row(self, entry: Entry, down: bool) -> _Row:
-        html_widget = widgets.HTML(entry_html(entry, connection_down=down))
+        html_widget = widgets.HTML(
+            entry_html(entry, connection_down=down), layout=widgets.Layout(flex="0 0 auto")
+        )
         if entry.delivery is None:
+            html_widget.add_class(css.ROW)
+            html_widget.add_class(f"chatbridge-{entry.role}")
             return _Row(html_widget, html_widget)
-        row = _Row(widgets.VBox([html_widget]), html_widget)
+        # A box: the row keeps its natural height only with flex 0 0 auto (see panel_style).
+        row = _Row(widgets.VBox([html_widget], layout=widgets.Layout(flex="0 0 auto")), html_widget)
+        row.container.add_class(css.ROW)
+        row.container.add_class("chatbridge-own")
         self._update_actions(row, entry)
         return row
 
@@ -391,5 +430,8 @@ class ChatPanel:
             self.status_text,
             self.status_button,
             self.status_row,
+            self.restarted,
+            self.style,
+            self.box,
         ):
             widget.close()

@@ -8,9 +8,6 @@ which pytest-jupyter runs on the same loop.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,29 +15,16 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from jupyter_chatbridge.testing.lab import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REQUIRE_BROWSER,
+    browser_missing,
+    copy_to_docs,
+)
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "page.png"
-# `make test` sets this: there a missing browser is a failure, not a skip.
-REQUIRE_BROWSER = os.environ.get("CHATBRIDGE_REQUIRE_BROWSER") == "1"
-
-
-def browser_missing() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    if not os.access(CHROMIUM, os.X_OK):
-        return f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)"
-    if importlib.util.find_spec("playwright") is None:
-        return "the Python package playwright is missing: pip install -e '.[test]'"
-    return None
 
 
 @dataclass
@@ -146,6 +130,4 @@ def browser(
 
 def update_docs_screenshot(path: Path) -> None:
     """`CHATBRIDGE_UPDATE_DOCS=1 pytest tests/browser` refreshes the README's screenshot."""
-    if os.environ.get("CHATBRIDGE_UPDATE_DOCS") == "1":
-        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_SCREENSHOT)
+    copy_to_docs(path, DOCS_SCREENSHOT)

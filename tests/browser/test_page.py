@@ -282,7 +282,7 @@ async def test_a_transient_socket_close_reconnects_the_live_view(
     await api.ok("POST", "sessions", body={"sessionId": "s1"})
     page = await browser.open(fragment="session=s1")
     await _live(page)
-    for socket in list(bridge._sockets["s1"]):
+    for socket in list(bridge.fanout.sockets["s1"]):
         bridge.remove_socket("s1", socket)
         socket.end(1011, "server hiccup")
     await expect(page.locator("#live-status")).to_contain_text("reconnecting, attempt 1 of 6")
