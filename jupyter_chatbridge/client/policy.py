@@ -125,7 +125,7 @@ class ReconnectPolicy:
 
     def opened(self, now: float) -> None:
         """The connection is up (at scheduler time `now`); not yet proof that it works."""
-        self._budget.opened(now * 1000.0)
+        self._budget.opened(_whole_ms(now))
 
     def live_event(self) -> None:
         """The open connection delivered a session event: the budget starts over."""
@@ -134,7 +134,7 @@ class ReconnectPolicy:
     def after_close(self, now: float, failure: int | BaseException) -> Reconnect:
         """The connection ended (or never opened) with `failure`: retry, offline or failed."""
         code = failure if isinstance(failure, int) else failure_code(failure)
-        return self._seconds(self._budget.closed(now * 1000.0, code, self._random()))
+        return self._seconds(self._budget.closed(_whole_ms(now), code, self._random()))
 
     def reset(self) -> None:
         """Start over: the user asked to reconnect."""
@@ -148,3 +148,8 @@ class ReconnectPolicy:
     def _seconds(decision: BudgetDecision) -> Reconnect:
         delay = None if decision.delay_ms is None else decision.delay_ms / 1000.0
         return Reconnect(decision.decision, decision.attempt, delay)
+
+
+def _whole_ms(seconds: float) -> int:
+    """Scheduler time in whole milliseconds: "up for 5 s" must not fail on float rounding."""
+    return round(seconds * 1000.0)
