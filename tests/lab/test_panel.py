@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 # Lines of the answers, one exchange each: short and long ones mixed.
 ANSWER_LINES = [1, 20, 3, 12, 1, 7, 20, 2, 15, 5]
-CODE_CELL = 'w.send_message("```python\\ndef answer():\\n    return 42\\n```")'
+CODE_CELL = '_ = w.send_message("```python\\ndef answer():\\n    return 42\\n```")'
 LONG_TOKEN = "x=1;" * 60  # code with no space to break at
 
 # Every row of a panel, scrolled into view one by one, measured where it is shown.
@@ -106,7 +106,7 @@ def long_conversation(notebook: Any) -> None:
 def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     open_notebook: Any,
 ) -> None:
-    notebook = open_notebook(CODE_CELL, "import time\ntime.sleep(60)")
+    notebook = open_notebook(CODE_CELL, "import time\ntime.sleep(60)", session="demo", height=800)
     notebook.start_panel()
     long_conversation(notebook)
     rows = measure(notebook.panel)
@@ -130,7 +130,12 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     expect(answer).to_contain_text("line 6: more of the answer")
     notebook.wait_delivered(len(ANSWER_LINES) + 4)
     assert notebook.cell_running(2)  # the sleep(60) is still running
-    notebook.page.mouse.click(1000, 650)  # the text cursor out of the picture
+    # For the picture: the newest messages (the measuring scrolled the list), the cell on top.
+    notebook.panel.locator(".chatbridge-messages").evaluate("(list) => { list.scrollTop = 0; }")
+    notebook.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer").evaluate(
+        "(notebook) => { notebook.scrollTop = 0; }"
+    )
+    notebook.page.evaluate("document.activeElement.blur()")  # no text cursor in the picture
     copy_to_docs(notebook.shot("busy-kernel"), ROOT / "docs" / "widget.png")
     notebook.page.click('[data-command="notebook:interrupt-kernel"]')
     notebook.wait_for_kernel("Idle")
@@ -259,3 +264,26 @@ def test_a_saved_notebook_reloads_the_same_panel_on_the_same_connection(
     exchange(notebook, "After the reload", 2)  # still driving, from the same panel
     assert notebook.lab.session_driver(notebook.session) == driver
     notebook.shot("reloaded")
+
+
+def test_without_comms_over_subshells_enter_waits_for_the_running_cell(
+    open_notebook: Any, lab: Any
+) -> None:
+    # What a kernel without subshells (ipykernel 6) gives: JupyterLab then sends widget
+    # messages on the main shell, behind the running cell. (With subshells, the default,
+    # the same steps deliver at once: see the long-conversation test.)
+    settings = lab.root / ".settings" / "@jupyterlab" / "apputils-extension"
+    setting = settings / "kernels-settings.jupyterlab-settings"
+    setting.write_text('{"commsOverSubshells": "disabled"}')
+    try:
+        notebook = open_notebook("import time\ntime.sleep(4)")
+    finally:
+        setting.unlink()
+    notebook.start_panel()
+    exchange(notebook, "Sent while idle", 1)
+    notebook.run_cell(1)
+    expect(notebook.cells.nth(1).locator(".jp-InputPrompt")).to_have_text("[*]:")
+    notebook.send("Sent while the cell runs")
+    notebook.wait_delivered(2)
+    assert not notebook.cell_running(1)  # delivered only once the cell had finished
+    expect(notebook.panel.get_by_text("Echo: Sent while the cell runs")).to_be_visible()
