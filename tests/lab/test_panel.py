@@ -287,3 +287,22 @@ def test_without_comms_over_subshells_enter_waits_for_the_running_cell(
     notebook.wait_delivered(2)
     assert not notebook.cell_running(1)  # delivered only once the cell had finished
     expect(notebook.panel.get_by_text("Echo: Sent while the cell runs")).to_be_visible()
+
+
+def test_an_unsaved_notebook_reloads_without_the_panel_and_w_brings_it_back(
+    open_notebook: Any,
+) -> None:
+    notebook = open_notebook("w")
+    notebook.start_panel()
+    exchange(notebook, "Before an unsaved reload", 1)
+    driver = notebook.lab.session_driver(notebook.session)
+    notebook.page.reload()
+    notebook.wait_for_kernel("Idle")
+    expect(notebook.cells).to_have_count(2)
+    # No output is on disk, so there is nothing to show the widget in.
+    expect(notebook.page.locator(".chatbridge-panel")).to_have_count(0)
+    notebook.run_cell(1)  # `w` again: the same live widget, on the same connection
+    expect(notebook.panel.get_by_text("Echo: Before an unsaved reload")).to_be_visible()
+    exchange(notebook, "After w again", 2)
+    assert notebook.lab.session_driver(notebook.session) == driver
+    notebook.shot("unsaved-reload-w-again")
