@@ -248,24 +248,6 @@ def test_after_a_kernel_restart_the_old_panel_says_so_and_a_rerun_makes_a_new_on
     notebook.shot("kernel-restarted-cell-run-again")
 
 
-def test_a_saved_notebook_reloads_the_same_panel_on_the_same_connection(
-    open_notebook: Any,
-) -> None:
-    notebook = open_notebook()
-    notebook.start_panel()
-    exchange(notebook, "Before the reload", 1)
-    driver = notebook.lab.session_driver(notebook.session)
-    notebook.save()
-    notebook.page.reload()
-    notebook.wait_for_kernel("Idle")
-    expect(notebook.panel.get_by_text("Echo: Before the reload")).to_be_visible()
-    expect(notebook.panel.get_by_text("connected", exact=True)).to_be_visible()
-    expect(notebook.panel.locator(".chatbridge-delivery")).to_have_text(["✓ delivered"])
-    exchange(notebook, "After the reload", 2)  # still driving, from the same panel
-    assert notebook.lab.session_driver(notebook.session) == driver
-    notebook.shot("reloaded")
-
-
 def test_without_comms_over_subshells_enter_waits_for_the_running_cell(
     open_notebook: Any, lab: Any
 ) -> None:
@@ -289,7 +271,7 @@ def test_without_comms_over_subshells_enter_waits_for_the_running_cell(
     expect(notebook.panel.get_by_text("Echo: Sent while the cell runs")).to_be_visible()
 
 
-def test_an_unsaved_notebook_reloads_without_the_panel_and_w_brings_it_back(
+def test_a_reload_keeps_the_panel_of_a_saved_notebook_and_w_brings_it_back_otherwise(
     open_notebook: Any,
 ) -> None:
     notebook = open_notebook("w")
@@ -299,10 +281,22 @@ def test_an_unsaved_notebook_reloads_without_the_panel_and_w_brings_it_back(
     notebook.page.reload()
     notebook.wait_for_kernel("Idle")
     expect(notebook.cells).to_have_count(2)
-    # No output is on disk, so there is nothing to show the widget in.
+    # Unsaved: no output is on disk, so there is nothing to show the widget in.
     expect(notebook.page.locator(".chatbridge-panel")).to_have_count(0)
     notebook.run_cell(1)  # `w` again: the same live widget, on the same connection
     expect(notebook.panel.get_by_text("Echo: Before an unsaved reload")).to_be_visible()
     exchange(notebook, "After w again", 2)
     assert notebook.lab.session_driver(notebook.session) == driver
     notebook.shot("unsaved-reload-w-again")
+
+    # Saved: the reload shows the same panel, on the same connection, still driving.
+    notebook.save()
+    notebook.page.reload()
+    notebook.wait_for_kernel("Idle")
+    expect(notebook.page.locator(".chatbridge-panel")).to_have_count(1)
+    expect(notebook.panel.get_by_text("Echo: After w again")).to_be_visible()
+    expect(notebook.panel.get_by_text("connected", exact=True)).to_be_visible()
+    expect(notebook.panel.locator(".chatbridge-delivery")).to_have_text(["✓ delivered"] * 2)
+    exchange(notebook, "After the saved reload", 3)
+    assert notebook.lab.session_driver(notebook.session) == driver
+    notebook.shot("saved-reload")
