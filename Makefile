@@ -18,10 +18,21 @@ run: $(BIN)/python
 	$(BIN)/jupyter server --no-browser --port=$(PORT) --ServerApp.port_retries=0 \
 		--IdentityProvider.token=$(TOKEN) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# Install the test dependencies (Debian's chromium for the browser tests, when it is
-# missing) and run the whole suite; here a missing browser fails the browser tests.
+# Install the test dependencies (Debian's chromium for the browser tests and nodejs for the
+# page's JavaScript vector tests, when they are missing) and run the whole suite; here a
+# missing browser or node fails those tests instead of skipping them.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@if ! command -v node >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's nodejs for the JavaScript vector tests (tests/js)"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs || exit 1; \
+		else \
+			echo "The JavaScript vector tests need node (Debian's nodejs package)." >&2; \
+			echo "Install it as root: apt-get update && apt-get install -y nodejs" >&2; \
+			exit 1; \
+		fi; \
+	fi
 	@if [ ! -x /usr/bin/chromium ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "Installing Debian's chromium for the browser tests (tests/browser)"; \
@@ -42,8 +53,8 @@ lint: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/ruff check jupyter_chatbridge tests
 	$(BIN)/ruff format --check jupyter_chatbridge tests
-	$(BIN)/mypy jupyter_chatbridge/server/state jupyter_chatbridge/protocol jupyter_chatbridge/client \
-		jupyter_chatbridge/clock.py jupyter_chatbridge/server/store.py jupyter_chatbridge/ui/chatview.py
+	$(BIN)/mypy jupyter_chatbridge/server jupyter_chatbridge/protocol jupyter_chatbridge/client \
+		jupyter_chatbridge/testing jupyter_chatbridge/clock.py jupyter_chatbridge/ui/chatview.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -14,7 +14,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Agent", "ChatBridgeApp", "ChatWidget", "EchoAgent", "UserMessage", "__version__"]
+__all__ = [
+    "Agent",
+    "ChatBridgeApp",
+    "ChatWidget",
+    "EchoAgent",
+    "OpenAIAgent",
+    "Turn",
+    "UserMessage",
+    "__version__",
+]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
@@ -32,8 +41,13 @@ def __getattr__(name: str) -> Any:
         from .ui.widget import ChatWidget
 
         return ChatWidget
-    if name in {"Agent", "EchoAgent", "UserMessage"}:
+    if name in {"Agent", "EchoAgent", "Turn", "UserMessage"}:
         from .server import agents
 
         return getattr(agents, name)
+    if name == "OpenAIAgent":
+        # Importable without the `openai` extra: making one says how to install it.
+        from .server.openai_agent import OpenAIAgent
+
+        return OpenAIAgent
     raise AttributeError(f"module 'jupyter_chatbridge' has no attribute {name!r}")

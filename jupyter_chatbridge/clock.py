@@ -71,6 +71,10 @@ class FakeScheduler:
         """How many timers are still due to fire."""
         return sum(1 for _, _, t in self._heap if not t.cancelled)
 
+    def due_in(self) -> list[float]:
+        """Seconds until each pending timer fires, soonest first (which wait is running)."""
+        return sorted(t.when - self._now for _, _, t in self._heap if not t.cancelled)
+
     def advance(self, seconds: float) -> None:
         """Move time forward, firing every due timer in order (including ones they schedule)."""
         target = self._now + seconds

@@ -10,7 +10,9 @@ from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.testing.seam import install_fault_seam
 
+from .fake_openai import FakeOpenAI
 from .support import Api, StreamFactory
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -31,7 +33,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeScheduler:
 
 
 @pytest.fixture
-def jp_server_config(clock: FakeScheduler, request: pytest.FixtureRequest) -> Config:
+def jp_server_config(
+    clock: FakeScheduler, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Config:
+    # Scripted send faults (settings["chatbridge_faults"]) for the client tests.
+    install_fault_seam(monkeypatch)
     traits: dict[str, Any] = {"inactive_ttl": 60.0, "heartbeat_interval": 15.0}
     traits["store_path"] = ":memory:"  # durable-store tests: test_store.py, test_restart.py
     marker = request.node.get_closest_marker("chatbridge")
@@ -84,3 +90,12 @@ def streams(
     factory = StreamFactory(jp_http_port, jp_base_url, jp_serverapp.identity_provider.token)
     yield factory
     jp_asyncio_loop.run_until_complete(factory.close_all())
+
+
+@pytest.fixture
+def fake_openai(jp_asyncio_loop: Any) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on the test's event loop (tests/fake_openai.py)."""
+    fake = FakeOpenAI()
+    fake.listen()
+    yield fake
+    jp_asyncio_loop.run_until_complete(fake.stop())

@@ -24,8 +24,11 @@ def free_port() -> int:
 class ServerProcess:
     """Starts, kills and restarts a server on a fixed loopback port and token."""
 
-    def __init__(self, root: Path, *args: str) -> None:
+    def __init__(self, root: Path, *args: str, data_dir: Path | None = None) -> None:
         self.root = root
+        # Jupyter's data dir (the default session store lives there): the test's own
+        # unless given, so that servers sharing one stand for one user's servers.
+        self.data_dir = data_dir if data_dir is not None else root / "data"
         self.port = free_port()
         self.token = uuid.uuid4().hex
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -37,8 +40,7 @@ class ServerProcess:
     async def start(self, timeout: float = 30, ready: str = "chatbridge/api/sessions") -> None:
         """Start the server and wait until `ready` (a path under the server) answers 200."""
         env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(self.root / "runtime")}
-        # The default session store lives in the data dir: keep it in this test's root.
-        env["JUPYTER_DATA_DIR"] = str(self.root / "data")
+        env["JUPYTER_DATA_DIR"] = str(self.data_dir)
         env.pop("JUPYTER_CHATBRIDGE_URL", None)
         self._log_file = self.log.open("ab")
         command = [
@@ -84,3 +86,14 @@ class ServerProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: a clean shutdown, with the extension's stop hook (the store closes)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        self.kill()  # closes the log

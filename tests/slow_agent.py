@@ -16,7 +16,10 @@ from jupyter_chatbridge.server.agents import Agent, UserMessage
 
 
 class SlowAgent(Agent):
-    """Answers "<prefix><words>", one word every `delay` seconds."""
+    """Answers "<prefix><words>", one word every `delay` seconds.
+
+    A session whose settings have `"fail": "<why>"` fails after the prefix instead.
+    """
 
     delay = Float(0.2, help="Seconds before each word.").tag(config=True)
     runs_file = Unicode("", help="A file each run appends its clientMsgId to.").tag(config=True)
@@ -27,6 +30,9 @@ class SlowAgent(Agent):
                 runs.write(message.client_msg_id + "\n")
         prefix = self.settings.get("prefix")
         yield prefix if isinstance(prefix, str) else "Slow: "
+        failure = self.settings.get("fail")
+        if isinstance(failure, str):  # a session created with {"fail": "..."}: a backend error
+            raise RuntimeError(failure)
         for word in message.text.split():
             await asyncio.sleep(self.delay)
             yield word + " "

@@ -328,7 +328,7 @@ async def test_socket_reconnects_after_a_transient_close_and_resumes(
     )
     await socket.send("one")
     await eventually(lambda: any(e["type"] == "message_end" for e in events))
-    for server_socket in list(bridge._sockets["s1"]):
+    for server_socket in list(bridge.fanout.sockets["s1"]):
         server_socket.close(1011, "server hiccup")
     await eventually(lambda: socket.status is ConnectionStatus.RECONNECTING)
     await client.send_and_wait("s1", "two")

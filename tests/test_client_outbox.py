@@ -373,8 +373,8 @@ async def test_retry_of_an_unknown_id_raises_key_error(make: Make) -> None:
 
 async def test_remembered_failures_are_bounded(make: Make) -> None:
     server = FakeServer()
-    server.script.extend([error(400)] * 5)
-    outbox, _, _ = make(server, max_failed=3)
+    server.script.extend([error(500)] * 5)
+    outbox, _, _ = make(server, max_failed=3, max_retries=0)
     for n in range(5):
         outbox.enqueue("s1", f"m{n}")
     await outbox.drain()
@@ -386,7 +386,7 @@ async def test_remembered_failures_are_bounded(make: Make) -> None:
 
 async def test_listener_may_retry_from_inside_a_failure_event(make: Make) -> None:
     server = FakeServer()
-    server.script.append(error(404))
+    server.script.append(error(503))
     seen: list[OutboxEvent] = []
 
     def listener(event: OutboxEvent) -> None:
@@ -394,7 +394,7 @@ async def test_listener_may_retry_from_inside_a_failure_event(make: Make) -> Non
         if event.type == "send_failed" and len(seen) < 5:
             outbox.retry(event.client_msg_id)
 
-    outbox, _, _ = make(server, listener)
+    outbox, _, _ = make(server, listener, max_retries=0)
     outbox.enqueue("s1", "x")
     await outbox.drain()
     assert [e.type for e in seen] == [
@@ -533,8 +533,8 @@ def test_default_client_msg_ids_are_unique_and_valid() -> None:
 
 async def test_retry_on_a_full_outbox_keeps_the_failure_retryable(make: Make) -> None:
     server = FakeServer()
-    server.script.append(error(400))
-    outbox, _, _ = make(server, max_queued=2)
+    server.script.append(error(503))
+    outbox, _, _ = make(server, max_queued=2, max_retries=0)
     failed_id = outbox.enqueue("s1", "bad")
     await outbox.drain()
     server.hold = True
@@ -548,3 +548,36 @@ async def test_retry_on_a_full_outbox_keeps_the_failure_retryable(make: Make) ->
     await settle(3)
     outbox.retry(failed_id)  # room again
     assert outbox.pending == ["m-3", failed_id]
+
+
+@pytest.mark.parametrize("status", [400, 404, 413])
+async def test_a_refused_message_is_final_and_never_offered_a_retry(
+    status: int, make: Make
+) -> None:
+    # The rules' one eligibility rule: only a transient failure that ran out of retries
+    # may be retried by the user; a message the server refuses stays refused.
+    server = FakeServer()
+    server.script.append(error(status))
+    outbox, _, events = make(server)
+    msg_id = outbox.enqueue("s1", "bad")
+    await outbox.drain()
+    final = events.of("send_failed")[-1]
+    assert (final.will_retry, final.retryable) == (False, False)
+    assert outbox.failed == []
+    with pytest.raises(KeyError):
+        outbox.retry(msg_id)
+    await outbox.aclose()
+
+
+async def test_a_transient_failure_out_of_retries_is_offered_a_retry(make: Make) -> None:
+    server = FakeServer()
+    server.script.extend([error(502)] * 2)
+    outbox, clock, events = make(server, max_retries=1)
+    msg_id = outbox.enqueue("s1", "x")
+    await settle()
+    clock.advance(3.0)
+    await outbox.drain()
+    final = events.of("send_failed")[-1]
+    assert (final.will_retry, final.retryable, final.attempt) == (False, True, 2)
+    assert outbox.failed == [msg_id]
+    await outbox.aclose()

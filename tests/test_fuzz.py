@@ -431,8 +431,8 @@ def snapshot(bridge: ChatBridge) -> dict[str, Any]:
         "sessions": sessions,
         "connections": connections,
         "streams": len(bridge.streams),
-        "sockets": {sid: len(s) for sid, s in bridge._sockets.items()},
-        "runners": sorted(bridge._runners),
+        "sockets": {sid: len(s) for sid, s in bridge.fanout.sockets.items()},
+        "runners": sorted(bridge.runner.runs),
     }
 
 
@@ -506,10 +506,10 @@ def world(
         ).encode()
         assert (await http("POST", "send", body=body)).status == 202
         await stream.wait_for(lambda s: any(f.event == "message_end" for f in s.frames))
-        await eventually(lambda: not bridge._runners)
+        await eventually(lambda: not bridge.runner.runs)
         request = HTTPRequest(ws_url + "s1/ws", headers={"Authorization": f"token {token}"})
         ws = await websocket_connect(request)
-        await eventually(lambda: len(bridge._sockets.get("s1", ())) == 1)
+        await eventually(lambda: len(bridge.fanout.sockets.get("s1", ())) == 1)
         return conn_id, ws
 
     conn_id, ws = jp_asyncio_loop.run_until_complete(build())

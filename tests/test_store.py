@@ -464,7 +464,7 @@ def types_and_texts(bridge: ChatBridge, session_id: str) -> list[tuple[str, Any]
 
 async def crash(bridge: ChatBridge) -> None:
     """Stop the runs like SIGKILL would: nothing published, nothing closed."""
-    for task in list(bridge._runners.values()):
+    for task in list(bridge.runner.runs.values()):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
@@ -485,7 +485,8 @@ async def test_restore_closes_the_cut_answer_and_answers_what_was_accepted(
     store = make_store()
     new = make_bridge(store, EchoAgent)
     assert new.restore() == 1
-    session = new.session("s1")  # first use starts the restored run (a loop is running)
+    new.start_restored_runs()  # as the app does once its loop runs
+    session = new.session("s1")
     assert session.settings == {"prefix": "Again: "}
     await eventually(lambda: not session.running and not session.pending)
     assert types_and_texts(new, "s1") == [
@@ -505,7 +506,7 @@ async def test_restore_closes_the_cut_answer_and_answers_what_was_accepted(
     assert new.send("s1", "m1", "cut short", None).receipt == first.receipt
     assert new.send("s1", "m2", "still waiting", None).duplicate
     assert new.send("s1", "m2", "x", None).receipt.seq == second.receipt.seq
-    assert not session.pending and "s1" not in new._runners
+    assert not session.pending and "s1" not in new.runner.runs
     # What the new bridge published is durable too: a third start sees a closed answer.
     await store.flush()
     store.close()

@@ -133,4 +133,4 @@ async def test_deleting_the_session_sends_session_ended_then_closes_4404(
     ]
     assert (ws.close_code, ws.close_reason) == (4404, "session ended")
     ws.close()
-    assert bridge._sockets == {}
+    assert bridge.fanout.sockets == {}

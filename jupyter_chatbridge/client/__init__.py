@@ -5,13 +5,14 @@ The pieces below them (`EventStream`, `Outbox`, `SessionSocket`, the policy)
 are public for clients that need their own composition.
 """
 
+from ..protocol.status import ConnectionStatus, StatusChange
 from .api import AgentError, AsyncChatClient, AsyncSession, SendFailed, SessionLost
 from .blocking import ChatClient, Session
 from .discovery import ServerNotFound, discover_server
 from .outbox import Outbox, OutboxEvent, OutboxFull
 from .policy import ReconnectPolicy, Verdict, classify
 from .socket import SessionSocket, SessionUnknown
-from .stream import ConnectionStatus, EventStream, StatusChange, StreamClosed
+from .stream import EventStream, StreamClosed
 from .transport import HTTPStatusError, HttpTransport, TransportError
 
 __all__ = [

@@ -1,8 +1,11 @@
 """The send outbox of the contract: ordered, one request in flight, idempotent retries.
 
-Transport-agnostic: the caller supplies `post` (one HTTP `send`, or a WebSocket
-`send` waiting for its ack) and a `listener` for the `send_*` events a UI shows.
-Time comes from an injected `Scheduler`, so retries are tested without sleeping.
+The rules (which outcome is retried, which final failure may be retried by the
+user) are the pure `protocol.outbox_machine.OutboxMachine`; this module does
+its I/O. Transport-agnostic: the caller supplies `post` (one HTTP `send`, or a
+WebSocket `send` waiting for its ack) and a `listener` for the `send_*` events a
+UI shows. Time comes from an injected `Scheduler`, so retries are tested
+without sleeping.
 """
 
 from __future__ import annotations
@@ -10,29 +13,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any
 
 from jupyter_chatbridge.client.policy import (
     MAX_QUEUED_SENDS,
+    MAX_REMEMBERED_FAILURES,
     MAX_SEND_RETRIES,
     RETRY_DELAY,
-    Verdict,
-    classify,
     failure_code,
 )
 from jupyter_chatbridge.clock import Scheduler, sleep
 from jupyter_chatbridge.protocol import is_valid_client_msg_id, is_valid_session_id
+from jupyter_chatbridge.protocol.outbox_machine import (
+    MachineEvent,
+    OutboxEvent,
+    OutboxEventType,
+    OutboxMachine,
+    QueuedMessage,
+    QueueFull,
+)
 
 log = logging.getLogger(__name__)
 
-# Enough for a Retry button on every message a user could plausibly still see.
-MAX_REMEMBERED_FAILURES: Final = 100
-
-OutboxEventType = Literal["send_pending", "send_failed", "send_accepted"]
+__all__ = [
+    "MAX_REMEMBERED_FAILURES",
+    "Outbox",
+    "OutboxEvent",
+    "OutboxEventType",
+    "OutboxFull",
+    "SendResponse",
+]
 
 
 @dataclass(frozen=True)
@@ -44,41 +57,7 @@ class SendResponse:
     retry_after: float | None = None
 
 
-@dataclass(frozen=True)
-class OutboxEvent:
-    """A change in a message's delivery state, for the UI."""
-
-    type: OutboxEventType
-    session_id: str
-    client_msg_id: str
-    text: str
-    seq: int | None = None
-    duplicate: bool | None = None
-    will_retry: bool | None = None
-    attempt: int | None = None
-    status: int | None = None
-    error: str | None = None
-    retry_in: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The event with the wire's camelCase keys, leaving out fields that are None."""
-        items = {
-            "type": self.type,
-            "sessionId": self.session_id,
-            "clientMsgId": self.client_msg_id,
-            "text": self.text,
-            "seq": self.seq,
-            "duplicate": self.duplicate,
-            "willRetry": self.will_retry,
-            "attempt": self.attempt,
-            "status": self.status,
-            "error": self.error,
-            "retryIn": self.retry_in,
-        }
-        return {key: value for key, value in items.items() if value is not None}
-
-
-class OutboxFull(RuntimeError):
+class OutboxFull(QueueFull):
     """Raised by `enqueue` when the outbox already holds its maximum of messages."""
 
 
@@ -95,20 +74,12 @@ def new_client_msg_id() -> str:
     return "m-" + uuid.uuid4().hex
 
 
-@dataclass
-class _Message:
-    session_id: str
-    client_msg_id: str
-    text: str
-    posts: int = 0
-
-
 @dataclass(frozen=True)
-class _Outcome:
-    accepted: bool
-    retryable: bool
+class _Answer:
+    """One post's result, reduced to what the rules look at (plus text for the UI)."""
+
     status: int | None
-    error: str | None
+    error: str | None = None
     retry_after: float | None = None
     seq: int | None = None
     duplicate: bool | None = None
@@ -134,8 +105,12 @@ class Outbox:
         new_id: Callable[[], str] = new_client_msg_id,
         max_failed: int = MAX_REMEMBERED_FAILURES,
     ) -> None:
-        if max_queued < 1 or max_retries < 0 or retry_delay < 0 or max_failed < 0:
-            raise ValueError("outbox limits must be non-negative (max_queued at least 1)")
+        self._machine = OutboxMachine(
+            max_queued=max_queued,
+            max_retries=max_retries,
+            retry_delay_ms=retry_delay * 1000.0,
+            max_failed=max_failed,
+        )
         self._post = post
         self._scheduler = scheduler
         self._listener = listener
@@ -143,9 +118,6 @@ class Outbox:
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self._new_id = new_id
-        self._max_failed = max_failed
-        self._queue: deque[_Message] = deque()
-        self._failed: OrderedDict[str, _Message] = OrderedDict()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -154,12 +126,12 @@ class Outbox:
     @property
     def pending(self) -> list[str]:
         """The clientMsgIds still to deliver, in order; the one in flight (or waiting) first."""
-        return [message.client_msg_id for message in self._queue]
+        return self._machine.pending
 
     @property
     def failed(self) -> list[str]:
-        """The clientMsgIds of recent final failures that `retry` can resend, oldest first."""
-        return list(self._failed)
+        """The clientMsgIds of recent retryable final failures `retry` can resend, oldest first."""
+        return self._machine.failed_ids
 
     @property
     def closed(self) -> bool:
@@ -167,7 +139,7 @@ class Outbox:
         return self._closed
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._machine.queue)
 
     def enqueue(self, session_id: str, text: str, client_msg_id: str | None = None) -> str:
         """Queue `text` for `session_id`, emit `send_pending` and return its clientMsgId.
@@ -182,25 +154,23 @@ class Outbox:
             client_msg_id = self._new_id()
         if not is_valid_client_msg_id(client_msg_id):
             raise ValueError(f"invalid clientMsgId: {client_msg_id!r}")
-        self._admit(_Message(session_id, client_msg_id, text))
+        machine = self._machine
+        self._admit(lambda: machine.enqueue(session_id, client_msg_id, text))
         return client_msg_id
 
     def retry(self, client_msg_id: str) -> None:
-        """Resend a message that finally failed, with the same clientMsgId and a fresh budget.
+        """Resend a retryable final failure, with the same clientMsgId and a fresh budget.
 
-        Raises `KeyError` if the message is not among the remembered failures.
+        Raises `KeyError` if the message is not among the remembered retryable
+        failures (a refused message, e.g. 400 or 413, is never retried).
         """
-        old = self._failed.pop(client_msg_id)
-        try:
-            self._admit(_Message(old.session_id, old.client_msg_id, old.text))
-        except BaseException:
-            # A full or closed outbox must leave the Retry button working.
-            self._failed[client_msg_id] = old
-            raise
+        if client_msg_id not in self._machine.failed:
+            raise KeyError(client_msg_id)
+        self._admit(lambda: self._machine.retry(client_msg_id))
 
     async def drain(self) -> None:
         """Wait until every queued message is delivered or finally failed (or the outbox closed)."""
-        while self._queue and not self._closed:
+        while self._machine.queue and not self._closed:
             task = self._ensure_task()
             await asyncio.wait({task})
             if not task.cancelled() and task.exception() is not None:
@@ -211,7 +181,7 @@ class Outbox:
         self._closed = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._queue.clear()
+        self._machine.clear()
 
     async def aclose(self) -> None:
         """`close`, then wait until the drain task has really finished."""
@@ -233,20 +203,17 @@ class Outbox:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _admit(self, message: _Message) -> None:
+    def _admit(self, admit: Callable[[], list[MachineEvent]]) -> None:
         if self._closed:
             raise OutboxClosed("the outbox is closed")
-        if len(self._queue) >= self.max_queued:
-            raise OutboxFull(
-                f"send outbox is full: {self.max_queued} messages are already waiting to be "
-                "delivered; wait for them before sending more"
-            )
         # Fails here, before anything is queued, when there is no running loop.
         asyncio.get_running_loop()
-        self._queue.append(message)
-        self._emit(
-            OutboxEvent("send_pending", message.session_id, message.client_msg_id, message.text)
-        )
+        try:
+            events = admit()
+        except QueueFull as exc:
+            raise OutboxFull(str(exc)) from None
+        for event in events:
+            self._emit(event.to_outbox_event())
         self._ensure_task()
 
     def _ensure_task(self) -> asyncio.Task[None]:
@@ -264,40 +231,27 @@ class Outbox:
             log.exception("outbox listener failed on %s", event.type)
 
     async def _run(self) -> None:
-        while self._queue and not self._closed:
-            message = self._queue[0]
-            message.posts += 1
-            outcome = await self._attempt(message)
+        while not self._closed:
+            message = self._machine.take_post()
+            if message is None:
+                return
+            answer = await self._attempt(message)
             if self._closed:
                 return
-            if outcome.accepted:
-                self._queue.popleft()
-                self._emit(
-                    OutboxEvent(
-                        "send_accepted",
-                        message.session_id,
-                        message.client_msg_id,
-                        message.text,
-                        seq=outcome.seq,
-                        duplicate=outcome.duplicate,
-                        attempt=message.posts,
-                        status=outcome.status,
-                    )
-                )
-                continue
-            will_retry = outcome.retryable and message.posts <= self.max_retries
-            if not will_retry:
-                self._queue.popleft()
-                self._remember_failure(message)
-                self._emit(self._failure_event(message, outcome, will_retry=False))
-                continue
-            delay = self.retry_delay
-            if outcome.retry_after is not None:
-                delay = max(0.0, outcome.retry_after)
-            self._emit(self._failure_event(message, outcome, will_retry=True, retry_in=delay))
-            await self._wait(delay)
+            retry_after = None if answer.retry_after is None else answer.retry_after * 1000.0
+            events, wait_ms = self._machine.outcome(
+                answer.status,
+                seq=answer.seq,
+                duplicate=answer.duplicate,
+                retry_after_ms=retry_after,
+            )
+            for event in events:
+                self._emit(event.to_outbox_event(answer.error))
+            if wait_ms is not None:
+                await self._wait(wait_ms / 1000.0)
+                self._machine.timer()
 
-    async def _attempt(self, message: _Message) -> _Outcome:
+    async def _attempt(self, message: QueuedMessage) -> _Answer:
         try:
             response = await self._post(message.session_id, message.client_msg_id, message.text)
         except asyncio.CancelledError:
@@ -305,57 +259,16 @@ class Outbox:
         except Exception as exc:
             # A code on the exception (e.g. an HTTPClientError's 404) still decides; bare
             # network errors and time-outs have none and so are transient.
-            return _Outcome(
-                accepted=False,
-                retryable=classify(exc) is Verdict.TRANSIENT,
-                status=failure_code(exc),
-                error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-            )
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return _Answer(failure_code(exc), error)
         if 200 <= response.status <= 299:
             seq = response.body.get("seq")
-            return _Outcome(
-                accepted=True,
-                retryable=False,
-                status=response.status,
-                error=None,
+            return _Answer(
+                response.status,
                 seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
                 duplicate=bool(response.body.get("duplicate", False)),
             )
-        return _Outcome(
-            accepted=False,
-            retryable=classify(response.status) is Verdict.TRANSIENT,
-            status=response.status,
-            error=_error_text(response),
-            retry_after=response.retry_after,
-        )
-
-    def _failure_event(
-        self,
-        message: _Message,
-        outcome: _Outcome,
-        *,
-        will_retry: bool,
-        retry_in: float | None = None,
-    ) -> OutboxEvent:
-        return OutboxEvent(
-            "send_failed",
-            message.session_id,
-            message.client_msg_id,
-            message.text,
-            will_retry=will_retry,
-            attempt=message.posts,
-            status=outcome.status,
-            error=outcome.error,
-            retry_in=retry_in,
-        )
-
-    def _remember_failure(self, message: _Message) -> None:
-        if self._max_failed == 0:
-            return
-        self._failed.pop(message.client_msg_id, None)
-        self._failed[message.client_msg_id] = message
-        while len(self._failed) > self._max_failed:
-            self._failed.popitem(last=False)
+        return _Answer(response.status, _error_text(response), response.retry_after)
 
     async def _wait(self, delay: float) -> None:
         # Kept as a task-local wait so close() can cancel it with the drain task.

@@ -3,7 +3,9 @@
 A script gets HTTP 404 before the upgrade and a browser-style client gets close
 code 4404; both are permanent, so `SessionSocket` reports `session_unknown`
 without spending a single retry. Transient closes reconnect with `afterSeq`
-under the contract's backoff policy.
+under the contract's backoff policy; the budget starts over only after the socket
+stayed open for the stability time or delivered an event, so a server that
+accepts and drops at once ends in "offline".
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from ..clock import LoopScheduler, Scheduler, sleep
 from ..protocol import CloseCode, EventType
+from ..protocol.status import ConnectionStatus, StatusChange
 from .outbox import new_client_msg_id
-from .policy import ReconnectPolicy, Verdict, classify
-from .stream import ConnectionStatus, StatusChange, StreamClosed, _noop
+from .policy import ReconnectPolicy
+from .stream import StreamClosed, _noop
 from .transport import HttpTransport
 
 log = logging.getLogger(__name__)
@@ -107,21 +110,22 @@ class SessionSocket:
     async def _run(self) -> None:
         while True:
             failure = await self._connect_once()
-            if classify(failure) is Verdict.PERMANENT:
+            step = self._policy.after_close(self._scheduler.now(), failure)
+            if step.decision == "failed":
                 self.session_unknown = failure == CloseCode.SESSION_UNKNOWN or (
                     getattr(failure, "code", None) == 404
                 )
                 error = "session unknown" if self.session_unknown else str(failure)
                 self._finish(StatusChange(ConnectionStatus.FAILED, error=error))
                 return
-            delay = self._policy.next_delay()
-            if delay is None:
+            if step.decision == "offline" or step.delay is None:
                 self._finish(StatusChange(ConnectionStatus.OFFLINE, error=str(failure)))
                 return
+            delay = step.delay
             self._set_status(
                 StatusChange(
                     ConnectionStatus.RECONNECTING,
-                    attempt=self._policy.attempts,
+                    attempt=step.attempt,
                     max_attempts=self._policy.max_attempts,
                     retry_in=delay,
                     error=str(failure),
@@ -154,7 +158,7 @@ class SessionSocket:
             return exc
         self._set_status(StatusChange(ConnectionStatus.CONNECTED))
         self._connected.set()
-        self._policy.reset()
+        self._policy.opened(self._scheduler.now())
         try:
             while (message := await self._ws.read_message()) is not None:
                 self._on_message(message)
@@ -180,6 +184,7 @@ class SessionSocket:
         seq = frame.get("seq")
         if isinstance(seq, int) and seq > self.last_seq:
             self.last_seq = seq
+            self._policy.live_event()
             self._on_event(frame)
             if kind == EventType.SESSION_ENDED:
                 log.info("chatbridge: session %s ended", self.session_id)

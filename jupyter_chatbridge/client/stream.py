@@ -2,8 +2,9 @@
 
 `EventStream` keeps a `GET chatbridge/api/events?cid=…` open. When it breaks it
 reconnects with the same cid and `Last-Event-ID`, under the contract's policy
-(6 attempts, backoff with jitter, reset on success), and gives up at once on a
-permanent failure. When the welcome says the server lost frames (`gap`), lost
+(6 attempts, backoff with jitter; the budget starts over only once a connection
+stayed up for the stability time or delivered an event), and gives up at once on
+a permanent failure. When the welcome says the server lost frames (`gap`), lost
 the connection (`resumed: false`) or restarted (a new `epoch`), it re-watches
 every session with `afterSeq` = the last seq it delivered. Session events are
 delivered to the caller exactly once per session, in seq order.
@@ -15,13 +16,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from ..clock import LoopScheduler, Scheduler, TimerHandle, sleep
 from ..protocol import EventType, new_cid, normalize_cid
-from .policy import ReconnectPolicy, Verdict, classify
+from ..protocol.status import ConnectionStatus, StatusChange
+from .policy import IDLE_TIMEOUT, ReconnectPolicy
 from .sse import SSEParser
 from .transport import HTTPStatusError, HttpTransport, TransportError
 
@@ -29,30 +29,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "chatbridge/api/events"
 # Three missed heartbeats (15 s apart by default) and the stream is presumed dead.
-DEFAULT_IDLE_TIMEOUT = 45.0
+DEFAULT_IDLE_TIMEOUT = IDLE_TIMEOUT
 
-
-class ConnectionStatus(str, Enum):
-    """Where the event stream stands, for a status line."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    OFFLINE = "offline"  # gave up after the transient attempts
-    FAILED = "failed"  # a permanent failure (auth, bad request): no retry
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True)
-class StatusChange:
-    """A status transition, with what a UI needs to explain it."""
-
-    status: ConnectionStatus
-    attempt: int = 0
-    max_attempts: int = 0
-    retry_in: float | None = None
-    error: str | None = None
+__all__ = ["ConnectionStatus", "EventStream", "StatusChange", "StreamClosed"]
 
 
 class StreamClosed(RuntimeError):
@@ -126,6 +105,15 @@ class EventStream:
             raise StreamClosed("this event stream was closed")
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="chatbridge-sse")
+
+    def restart(self) -> None:
+        """The user's Reconnect: a fresh attempt budget, same cid; starts again if it gave up."""
+        if self._closed:
+            raise StreamClosed("this event stream was closed")
+        self._policy.reset()
+        if self._task is not None and self._task.done():
+            self._task = None
+        self.start()
 
     async def wait_connected(self) -> None:
         """Wait until connected; raises `StreamClosed` if the stream failed or gave up."""
@@ -201,18 +189,19 @@ class EventStream:
             if self._closed:
                 return
             self.last_error = _describe(failure)
-            if classify(failure) is Verdict.PERMANENT:
+            step = self._policy.after_close(self._scheduler.now(), failure)
+            if step.decision == "failed":
                 log.warning("chatbridge: event stream failed: %s", self.last_error)
                 self._set_status(StatusChange(ConnectionStatus.FAILED, error=self.last_error))
                 return
-            delay = self._policy.next_delay()
-            if delay is None:
+            if step.decision == "offline" or step.delay is None:
                 self._set_status(StatusChange(ConnectionStatus.OFFLINE, error=self.last_error))
                 return
+            delay = step.delay
             self._set_status(
                 StatusChange(
                     ConnectionStatus.RECONNECTING,
-                    attempt=self._policy.attempts,
+                    attempt=step.attempt,
                     max_attempts=self._policy.max_attempts,
                     retry_in=delay,
                     error=self.last_error,
@@ -260,7 +249,7 @@ class EventStream:
         previous_epoch = self.epoch
         self.connection_id = welcome.get("connectionId")
         self.epoch = welcome.get("epoch")
-        self._policy.reset()
+        self._policy.opened(self._scheduler.now())
         lost_state = (
             not welcome.get("resumed")
             or bool(welcome.get("gap"))
@@ -285,6 +274,7 @@ class EventStream:
         if session_id in self._resyncing and seq != last + 1:
             return  # past a hole: the re-watch resends it in order
         self._watched[session_id] = seq
+        self._policy.live_event()
         self._on_event(event)
         if event.get("type") == EventType.SESSION_ENDED:
             self._forget(session_id)

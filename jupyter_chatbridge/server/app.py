@@ -3,68 +3,69 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Type, Unicode, default
+from traitlets import Bool, Float, Type, Unicode, default
+from traitlets.config import Configurable
 
 from ..client.discovery import ENV_TOKEN, ENV_URL
 from ..clock import LoopScheduler
+from ..protocol import ErrorCode
 from .agents import Agent, EchoAgent
-from .bridge import BridgeLimits, ChatBridge
+from .bridge import ChatBridge
+from .errors import BridgeError
 from .handlers import default_handlers
+from .handlers.base import UNAVAILABLE_SETTING
 from .handlers.events import FlushBatcher, Heartbeat
-from .store import MEMORY, StoreError, open_store
+from .limits import limit_traits, limits_from
+from .store import MEMORY, StoreError, StoreLocked, open_store
+
+if TYPE_CHECKING:
+    _LimitTraits = Configurable
+else:
+    # One configurable traitlet per field of BridgeLimits (the one list of tunables).
+    _LimitTraits = type("_LimitTraits", (Configurable,), limit_traits())
 
 
-class ChatBridgeApp(ExtensionApp):
+def default_store_path(root_dir: str) -> Path:
+    """The store of a server started in `root_dir`: one per folder, in the data dir.
+
+    `<jupyter data dir>/chatbridge/servers/<folder name>-<hash of its resolved path>/`
+    holds it, so two servers in two folders keep their own sessions, and a server
+    started again in the same folder finds its sessions again.
+    """
+    resolved = str(Path(root_dir).expanduser().resolve())
+    digest = hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(resolved).name)[:40] or "root"
+    return (
+        Path(jupyter_data_dir())
+        / "chatbridge"
+        / "servers"
+        / f"{name}-{digest}"
+        / "sessions.sqlite3"
+    )
+
+
+class ChatBridgeApp(ExtensionApp, _LimitTraits):
     """Chat and agent sessions over resumable streams, for notebooks, Lab and scripts."""
 
     name = "jupyter_chatbridge"
     load_other_extensions = True
 
-    inactive_ttl = Float(
-        60.0,
-        help="Seconds a stable connection's state is kept after its stream closes, "
-        "waiting for the client to reconnect.",
-    ).tag(config=True)
+    # inactive_ttl, replay_buffer_size, max_*: generated from BridgeLimits (limits.py).
     heartbeat_interval = Float(
         15.0, help="Seconds between keep-alive comments on idle event streams (0 disables)."
     ).tag(config=True)
-    replay_buffer_size = Int(1000, help="Frames kept per connection for Last-Event-ID resume.").tag(
-        config=True
-    )
-    max_message_bytes = Int(65536, help="Largest accepted message text, in UTF-8 bytes.").tag(
-        config=True
-    )
-    max_pending_inputs = Int(
-        100, help="Messages a session may hold waiting for the agent before sends get 429."
-    ).tag(config=True)
-    max_session_events = Int(
-        10000, help="Events kept per session; the oldest are trimmed from history."
-    ).tag(config=True)
-    max_receipts_per_session = Int(
-        10000, help="Send receipts kept per session for clientMsgId dedup."
-    ).tag(config=True)
-    max_sessions = Int(1000, help="Sessions the server holds at once.").tag(config=True)
-    max_watches_per_connection = Int(100, help="Sessions one connection may watch.").tag(
-        config=True
-    )
-    max_connections_per_user = Int(
-        200, help="Connections (open or waiting for reconnect) one user may hold."
-    ).tag(config=True)
-    max_stream_buffer_bytes = Int(
-        1 << 20,
-        help="Unsent bytes an event stream may queue for a client that stopped reading; "
-        "past this the stream is dropped (the client resumes with Last-Event-ID).",
-    ).tag(config=True)
     store_path = Unicode(
         help="The SQLite file that keeps sessions, their events (up to max_session_events), "
-        "send receipts and settings across server restarts. Default: "
-        "<jupyter data dir>/chatbridge/sessions.sqlite3. "
+        "send receipts and settings across server restarts. Default: one file per server "
+        "root folder, <jupyter data dir>/chatbridge/servers/<folder>-<hash>/sessions.sqlite3. "
         f'"{MEMORY}" keeps everything in memory only (lost on restart). '
         "To start over, stop the server and delete the file (and its -wal/-shm companions).",
     ).tag(config=True)
@@ -84,7 +85,8 @@ class ChatBridgeApp(ExtensionApp):
 
     @default("store_path")
     def _default_store_path(self) -> str:
-        return str(Path(jupyter_data_dir()) / "chatbridge" / "sessions.sqlite3")
+        assert self.serverapp is not None  # set before any configuration is read
+        return str(default_store_path(self.serverapp.root_dir))
 
     @default("static_paths")
     def _default_static_paths(self) -> list[str]:
@@ -93,25 +95,20 @@ class ChatBridgeApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Build the bridge from the configuration and share it with the handlers."""
-        limits = BridgeLimits(
-            inactive_ttl=self.inactive_ttl,
-            replay_buffer_size=self.replay_buffer_size,
-            max_message_bytes=self.max_message_bytes,
-            max_pending_inputs=self.max_pending_inputs,
-            max_session_events=self.max_session_events,
-            max_receipts_per_session=self.max_receipts_per_session,
-            max_sessions=self.max_sessions,
-            max_watches_per_connection=self.max_watches_per_connection,
-            max_connections_per_user=self.max_connections_per_user,
-            max_stream_buffer_bytes=self.max_stream_buffer_bytes,
-        )
+        self.settings["chatbridge_flusher"] = FlushBatcher()
         try:
             # A store that cannot be read or written stops the extension from loading
             # (jupyter_server logs why): it must never start empty over existing data.
             store = open_store(self.store_path)
+        except StoreLocked as exc:
+            # Another live server holds it: load anyway, so every endpoint says so (503).
+            self.log.error("%s", exc)
+            self.settings[UNAVAILABLE_SETTING] = BridgeError(503, ErrorCode.BUSY, str(exc))
+            return
         except StoreError as exc:
             self.log.error("%s", exc)
             raise
+        limits = limits_from(self)
         bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log, store=store)
         try:
             restored = bridge.restore()
@@ -124,14 +121,12 @@ class ChatBridgeApp(ExtensionApp):
         self.log.info(
             "chatbridge: sessions are kept in %s (%d restored)", store.description, restored
         )
+        # Messages accepted before a restart are answered once the loop runs (in-process
+        # servers, as the tests run them, never call the start hook below).
+        assert self.serverapp is not None
+        self.serverapp.io_loop.add_callback(bridge.start_restored_runs)
         self.heartbeat = Heartbeat(self.bridge, self.heartbeat_interval)
-        self.settings.update(
-            {
-                "chatbridge": self.bridge,
-                "chatbridge_flusher": FlushBatcher(),
-                "chatbridge_heartbeat": self.heartbeat,
-            }
-        )
+        self.settings.update({"chatbridge": self.bridge, "chatbridge_heartbeat": self.heartbeat})
 
     def initialize_handlers(self) -> None:
         """Register the REST, stream and socket handlers under base_url."""
@@ -141,12 +136,10 @@ class ChatBridgeApp(ExtensionApp):
         """Once the server is bound, tell the kernels it starts where it is.
 
         Kernels inherit the server's environment; `client.discovery` reads these.
-        The token is exported but never logged. Restored sessions with messages
-        accepted before a restart start answering them now that the loop runs.
+        The token is exported but never logged.
         """
         if not hasattr(self, "bridge"):
-            return  # the extension failed to load (see the log); nothing to start
-        self.bridge.resume_restored_runs()
+            return  # no store (see the log): nothing to start, nothing to find
         if self.freeze_gc_after_start:
             # Everything jupyter_server built at start-up lives as long as the process;
             # without this every full collection walks it again (~200 ms pauses under load).

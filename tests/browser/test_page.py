@@ -159,7 +159,8 @@ async def test_send_failures_show_retrying_then_delivered_or_not_delivered(
     await _send(page, "first")
     await expect(user.nth(0)).to_have_attribute("data-state", "retrying")
     await expect(user.nth(0).locator(".delivery")).to_have_text("delivery delayed, retrying…")
-    await expect(page.locator("#thinking")).to_be_visible()
+    # The transcript rule (client_rules, "thinking"): not while a delivery is delayed.
+    await expect(page.locator("#thinking")).to_be_hidden()
     await browser.shot(page, "05-retrying")
     await expect(user.nth(0)).to_have_attribute("data-state", "delivered")
     await expect(page.locator(".msg.assistant")).to_have_text("Echo: first")
@@ -281,12 +282,52 @@ async def test_a_transient_socket_close_reconnects_the_live_view(
     await api.ok("POST", "sessions", body={"sessionId": "s1"})
     page = await browser.open(fragment="session=s1")
     await _live(page)
-    for socket in list(bridge._sockets["s1"]):
+    for socket in list(bridge.fanout.sockets["s1"]):
         bridge.remove_socket("s1", socket)
         socket.end(1011, "server hiccup")
-    await expect(page.locator("#live-status")).to_contain_text("reconnecting, attempt 2 of 6")
+    await expect(page.locator("#live-status")).to_contain_text("reconnecting, attempt 1 of 6")
     await browser.shot(page, "11-live-view-reconnecting")
     await expect(page.locator("#live-status")).to_be_hidden()
     await _live(page)
     assert len(browser.sockets_to("s1")) == 2
     assert (await _debug(page))["gone"] is None
+
+
+async def test_a_frame_past_a_hole_waits_for_history_and_nothing_is_shown_twice(
+    browser: Browser, api: Api, bridge: ChatBridge
+) -> None:
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    page = await browser.open(fragment="session=s1")
+    await _connected(page)
+    await _send(page, "first")
+    await expect(page.locator(".msg.assistant")).to_have_text("Echo: first")
+    seen = (await _debug(page))["lastSeq"]
+
+    # The page stops listening while another client sends twice; then a frame from past
+    # the hole reaches it (as a replay racing live frames can).
+    await page.evaluate("chatbridge.stream.stop()")
+    for n in (1, 2):
+        body = {"sessionId": "s1", "clientMsgId": f"elsewhere-{n}", "text": f"other {n}"}
+        await api.ok("POST", "send", body=body)
+    history = await api.ok("GET", "sessions", "s1", "events", params={"after": str(seen)})
+    late = next(e for e in history["events"] if e.get("clientMsgId") == "elsewhere-2")
+    assert late["seq"] > seen + 1
+    gap = await page.evaluate(
+        "(e) => { chatbridge.onSessionEvent(e); return chatbridge.view.gap }", late
+    )
+    # Held, not shown: the transcript names the hole, and the page asks history for it.
+    assert gap == {"after": seen, "before": late["seq"]}
+    await expect(page.locator(".msg.user")).to_have_count(3)
+    await expect(page.locator(".msg.user .text")).to_have_text(["first", "other 1", "other 2"])
+
+    # The stream comes back and replays what the page already took from history: each
+    # seq applied once, in order, and every answer shown once.
+    await page.evaluate("chatbridge.stream.reconnect()")
+    await _connected(page)
+    await expect(page.locator(".msg.assistant")).to_have_text(
+        ["Echo: first", "Echo: other 1", "Echo: other 2"]
+    )
+    state = await _debug(page)
+    session = bridge.sessions.get("s1")
+    assert state["applied"] == [e.seq for e in session.log.after(0)]
+    assert state["transcript"]["gap"] is None

@@ -7,10 +7,11 @@ from typing import Any
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
-from ...protocol import ErrorCode, is_valid_client_msg_id, is_valid_session_id
-from ...testing import Fault
-from ..bridge import BridgeError
-from .base import ChatBridgeHandler, bad_request, canonical_connection_id
+from ...protocol import ErrorCode, is_valid_session_id
+from ...protocol.requests import SendRequest, parse_send
+from ..errors import BridgeError, bad_request
+from ..sessions import SendResult
+from .base import ChatBridgeHandler, canonical_connection_id
 
 MAX_HISTORY_PAGE = 10000
 
@@ -129,53 +130,37 @@ class ConnectionActionHandler(ChatBridgeHandler):
 
 
 class SendHandler(ChatBridgeHandler):
-    """`POST chatbridge/api/send`: idempotent per (sessionId, clientMsgId)."""
+    """`POST chatbridge/api/send`: idempotent per (sessionId, clientMsgId).
+
+    `post` is three steps, `send_request`, `accept` and `answer`, so that a test
+    configuration can put its own handler around them (jupyter_chatbridge.testing).
+    """
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        request = self.send_request()
+        self.answer(await self.accept(request))
+
+    def send_request(self) -> SendRequest:
+        """The request's send, or a 400 / 413 before anything changes."""
         limit = self.bridge.limits.max_message_bytes
         # JSON escapes can take six bytes per character; anything beyond that is
         # over the limit whatever it decodes to, so don't parse it.
         if len(self.request.body) > 6 * limit + 4096:
             raise BridgeError(413, ErrorCode.TOO_LARGE, f"message text is over {limit} bytes")
-        body = self.json_body()
-        session_id = self.body_session_id(body)
-        client_msg_id = body.get("clientMsgId")
-        if not is_valid_client_msg_id(client_msg_id):
-            raise bad_request("clientMsgId must be 1 to 128 printable ASCII characters")
-        text = body.get("text")
-        if not isinstance(text, str) or not text:
-            raise bad_request("text must be a non-empty string")
-        fault = self._take_fault()
-        if fault is not None and fault.kind != "drop_after":
-            self._inject(fault)
-            return
-        result = self.bridge.send(
-            session_id, client_msg_id, text, self.connection_id_header(), self.owner
+        return parse_send(self.json_body())
+
+    async def accept(self, request: SendRequest) -> SendResult:
+        """Accept the message and wait until it is durable (else a 503)."""
+        return await self.bridge.send_durably(
+            request.session_id,
+            request.client_msg_id,
+            request.text,
+            self.connection_id_header(),
+            self.owner,
         )
-        # "Accepted" means durable: wait for the group commit (a duplicate too, since
-        # its first answer may have been a 503 whose write is still being retried).
-        await self.bridge.commit()
-        if fault is not None:
-            self._inject(fault)
-            return
+
+    def answer(self, result: SendResult) -> None:
+        """`202` for a new message, `200` for a duplicate."""
         self.write_json(200 if result.duplicate else 202, result.body())
-
-    # Test seam: see jupyter_chatbridge.testing. Inert unless a FaultPlan is installed.
-    def _take_fault(self) -> Fault | None:
-        plan = self.settings.get("chatbridge_faults")
-        fault = plan.take("send") if plan is not None else None
-        return fault if fault is not None and fault.kind != "none" else None
-
-    def _inject(self, fault: Fault) -> None:
-        if fault.kind == "status":
-            if fault.status_code >= 500:
-                self.send_error(fault.status_code)
-                return
-            code = ErrorCode.BUSY if fault.status_code == 429 else ErrorCode.BAD_REQUEST
-            message = f"injected fault: HTTP {fault.status_code}"
-            error = BridgeError(fault.status_code, code, message, retry_after=fault.retry_after)
-            self.send_error(fault.status_code, exc_info=(BridgeError, error, None))
-            return
-        self.request.connection.stream.close()  # type: ignore[attr-defined]

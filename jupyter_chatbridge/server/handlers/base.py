@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from http.client import responses
 from typing import Any
 
@@ -14,10 +13,18 @@ from jupyter_server.auth.identity import (
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ...protocol import ErrorCode, dumps, is_valid_session_id, normalize_cid
-from ..bridge import BridgeError, ChatBridge
+from ...protocol import ErrorCode, dumps, normalize_cid
+from ...protocol.requests import InvalidRequest, parse_json_object, parse_session_id
+from ..bridge import ChatBridge
+from ..errors import BridgeError, bad_request
+
+__all__ = ["AUTH_RESOURCE", "BridgeHandlerMixin", "ChatBridgeHandler", "bad_request"]
 
 AUTH_RESOURCE = "chatbridge"
+
+# Where the app leaves the refusal every endpoint answers when it has no bridge
+# (its store is held by another live server): a 503 naming the file and that pid.
+UNAVAILABLE_SETTING = "chatbridge_unavailable"
 
 # jupyter_server's own providers serve one user and name every token request a
 # fresh random anonymous user, so their usernames identify nobody.
@@ -43,11 +50,6 @@ def canonical_connection_id(raw: str | None) -> str | None:
     return normalize_cid(raw) or raw
 
 
-def bad_request(message: str) -> BridgeError:
-    """A 400 `bad_request` refusal."""
-    return BridgeError(400, ErrorCode.BAD_REQUEST, message)
-
-
 class BridgeHandlerMixin:
     """The bridge, the caller's identity and contract-shaped errors, for any JupyterHandler."""
 
@@ -59,8 +61,12 @@ class BridgeHandlerMixin:
 
     @property
     def bridge(self) -> ChatBridge:
-        """The server's bridge (see `ChatBridgeApp.initialize_settings`)."""
-        return self.settings["chatbridge"]  # type: ignore[no-any-return]
+        """The server's bridge (see `ChatBridgeApp.initialize_settings`), or the 503
+        the extension answers while it has none."""
+        bridge = self.settings.get("chatbridge")
+        if bridge is None:
+            raise self.settings[UNAVAILABLE_SETTING]
+        return bridge  # type: ignore[no-any-return]
 
     @property
     def owner(self) -> str:
@@ -77,6 +83,9 @@ class BridgeHandlerMixin:
     # -- errors in the contract's shape ------------------------------------------------
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, InvalidRequest):
+            self.log.debug("chatbridge: 400 bad_request: %s", value)
+            return
         if isinstance(value, BridgeError):
             # An expected refusal, not a server fault: no traceback.
             self.log.debug("chatbridge: %s %s: %s", value.status, value.code.value, value.message)
@@ -85,6 +94,10 @@ class BridgeHandlerMixin:
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
+        if exc_info and isinstance(exc_info[1], InvalidRequest):
+            error = bad_request(str(exc_info[1]))
+            kwargs["exc_info"] = (BridgeError, error, exc_info[2])
+            exc_info = kwargs["exc_info"]
         if exc_info and isinstance(exc_info[1], BridgeError):
             status_code = exc_info[1].status
         super().send_error(status_code, **kwargs)  # type: ignore[misc]
@@ -117,20 +130,11 @@ class ChatBridgeHandler(BridgeHandlerMixin, APIHandler):
 
     def json_body(self) -> dict[str, Any]:
         """The request body as a JSON object, or a 400."""
-        try:
-            body = json.loads(self.request.body or b"{}")
-        except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is not JSON we take
-            raise bad_request("request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise bad_request("request body must be a JSON object")
-        return body
+        return parse_json_object(self.request.body or b"{}", "request body")
 
     def body_session_id(self, body: dict[str, Any]) -> str:
         """The mandatory `sessionId` of a body, validated."""
-        session_id = body.get("sessionId")
-        if not is_valid_session_id(session_id):
-            raise bad_request("sessionId is missing or not a valid session id")
-        return str(session_id)
+        return parse_session_id(body)
 
     def write_json(self, status: int, body: Any) -> None:
         """Answer with a JSON body."""

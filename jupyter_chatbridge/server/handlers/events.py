@@ -157,7 +157,8 @@ class EventStreamHandler(ChatBridgeHandler):
         self._end()
         self._release()
         # The socket is stuck, so nothing more can be said on it: close it outright.
-        self.request.connection.stream.close()  # type: ignore[attr-defined]
+        connection: Any = self.request.connection  # tornado's HTTP1Connection
+        connection.stream.close()
 
     def close(self) -> None:
         if not self._live:
@@ -169,7 +170,8 @@ class EventStreamHandler(ChatBridgeHandler):
     # -- tornado hooks ----------------------------------------------------------------
 
     def flush_now(self) -> None:
-        if not self._live or self.request.connection.stream.closed():  # type: ignore[attr-defined]
+        connection: Any = self.request.connection
+        if not self._live or connection.stream.closed():
             return
         size, self._unflushed_bytes = self._unflushed_bytes, 0
         self._queued_bytes += size

@@ -1,22 +1,38 @@
 """`GET chatbridge/`: the standalone chat page.
 
-The HTML is a small shell; the client is one plain ES module and a stylesheet in
-`jupyter_chatbridge/static/`, served by the extension's static handler at
-`{base_url}static/jupyter_chatbridge/`. Everything the module needs from the
-server (base_url, the XSRF token, the asset URLs) is written into data attributes
-here, so the page works under any base_url and keeps its script out of the HTML
-(no inline script for a Content-Security-Policy to forbid).
+The HTML is a small shell; the client is plain ES modules and a stylesheet in
+`jupyter_chatbridge/ui/static/`, served by the extension's static handler at
+`{base_url}static/jupyter_chatbridge/`. Everything the modules need from the server
+(base_url, the XSRF token) is written into data attributes here, so the page works
+under any base_url. The page carries no code of its own, only data: an import map and
+the client rules.
+
+The rules: the modules take the parsed `protocol/client_rules.json` as a parameter, and
+the page embeds that file as `<script type="application/json" id="chatbridge-rules">`
+(read by `protocol.rules`, the same object the Python client uses). Embedding rather than
+fetching it means no extra request before the page can start, no way for the page to run
+without rules, and rules that always match this server; the page is `no-store`, so a new
+server's rules reach it on the next load.
+
+Cache-busting: `static_url` versions a URL with `?v=<hash of the file>`, but a module's
+relative `import "./policy.js"` would not carry it, so a changed module could be served
+stale from the browser's cache beside a fresh entry. The import map sends every module's
+plain URL (what a relative import resolves to) to its versioned one, for every module in
+the static directory, so each is fetched once, under the version of its own content.
 """
 
 from __future__ import annotations
 
+import json
 from html import escape
+from pathlib import Path
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from tornado import web
 
+from ...protocol.rules import RULES
 from .base import AUTH_RESOURCE
 
 PAGE = """<!DOCTYPE html>
@@ -26,6 +42,8 @@ PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Chat bridge</title>
 <link rel="stylesheet" href="{css}">
+<script type="importmap">{import_map}</script>
+<script type="application/json" id="chatbridge-rules">{rules}</script>
 <script type="module" src="{js}"></script>
 </head>
 <body data-base-url="{base_url}" data-xsrf-token="{xsrf}">
@@ -59,6 +77,9 @@ PAGE = """<!DOCTYPE html>
 """
 
 
+ENTRY_MODULE = "chatbridge.js"
+
+
 class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
     """The chat page. A JupyterHandler, so cookie login and the login redirect work as
     on Jupyter's own pages."""
@@ -72,7 +93,9 @@ class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
         xsrf = self.xsrf_token
         page = PAGE.format(
             css=escape(self.static_url("chatbridge.css")),
-            js=escape(self.static_url("chatbridge.js")),
+            import_map=self.import_map(),
+            rules=script_json(RULES),
+            js=escape(self.static_url(ENTRY_MODULE)),
             base_url=escape(self.base_url),
             xsrf=escape(xsrf.decode() if isinstance(xsrf, bytes) else xsrf),
         )
@@ -80,3 +103,18 @@ class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
         # The page embeds a per-user token: never cache it.
         self.set_header("Cache-Control", "no-store")
         self.finish(page)
+
+    def import_map(self) -> str:
+        """Every module's plain URL -> its versioned URL, as JSON safe inside <script>."""
+        static_dirs: list[str] = self.settings[f"{self.name}_static_paths"]
+        modules = sorted({p.name for d in static_dirs for p in Path(d).glob("*.js")})
+        imports = {
+            self.static_url(name, include_version=False): self.static_url(name) for name in modules
+        }
+        return script_json({"imports": imports})
+
+
+def script_json(value: object) -> str:
+    r"""JSON to place inside a <script> element: "</" would end the element early, and JSON
+    allows "<\/" for it."""
+    return json.dumps(value, sort_keys=True).replace("</", "<\\/")

@@ -10,7 +10,6 @@ HTTP 404, which their libraries do report.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 from jupyter_core.utils import ensure_async
@@ -20,11 +19,12 @@ from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ...protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
-from ..bridge import BridgeError
-from .base import BridgeHandlerMixin, bad_request
+from ...protocol.requests import InvalidRequest, parse_json_object, parse_send
+from ..errors import BridgeError, bad_request, session_unknown
+from .base import BridgeHandlerMixin
 
 
-class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
     """Live events of one session, and sends acknowledged on the same socket."""
 
     def initialize(self) -> None:
@@ -32,7 +32,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         self._after_seq: int | None = None
         self._registered = False
 
-    async def get(self, session_id: str) -> None:  # type: ignore[override]
+    async def get(self, session_id: str) -> None:
         # Authenticate and authorize as Jupyter's own sockets do: refusals stay HTTP errors.
         user = self.current_user
         if not user:
@@ -51,13 +51,11 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         self._session_id = session_id
         if session_id not in self.bridge.sessions and self.request.headers.get("Origin") is None:
             # A script: answer before any upgrade.
-            raise BridgeError(
-                404, ErrorCode.SESSION_UNKNOWN, f"session {session_id!r} does not exist"
-            )
+            raise session_unknown(session_id)
         # A browser (or a known session): upgrade; the origin check happens here.
         await ensure_async(super().get(session_id))  # type: ignore[arg-type]
 
-    def open(self, session_id: str) -> None:  # type: ignore[override]
+    def open(self, session_id: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
         if session_id not in self.bridge.sessions:
             self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
@@ -68,41 +66,27 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
     async def on_message(self, message: str | bytes) -> None:
         # A coroutine: tornado reads the next frame only after this one is acked, in order.
         try:
-            frame = json.loads(message)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is not JSON we take
-            self._nack(None, "frame is not valid JSON", ErrorCode.BAD_REQUEST)
-            return
-        if not isinstance(frame, dict):
-            self._nack(None, "frame must be a JSON object", ErrorCode.BAD_REQUEST)
-            return
-        client_msg_id = frame.get("clientMsgId")
-        echo_id = client_msg_id if is_valid_client_msg_id(client_msg_id) else None
-        if frame.get("type") != "send":
-            self._nack(
-                echo_id, "unknown frame type; only 'send' is accepted", ErrorCode.BAD_REQUEST
-            )
-            return
-        text = frame.get("text")
-        if echo_id is None:
-            self._nack(
-                None,
-                "clientMsgId must be 1 to 128 printable ASCII characters",
-                ErrorCode.BAD_REQUEST,
-            )
-            return
-        if not isinstance(text, str) or not text:
-            self._nack(echo_id, "text must be a non-empty string", ErrorCode.BAD_REQUEST)
+            frame = parse_json_object(message, "frame")
+            if frame.get("type") != "send":
+                client_msg_id = frame.get("clientMsgId")
+                echo_id = client_msg_id if is_valid_client_msg_id(client_msg_id) else None
+                raise InvalidRequest("unknown frame type; only 'send' is accepted", echo_id)
+            request = parse_send(frame, self._session_id)
+        except InvalidRequest as invalid:
+            self._nack(invalid.client_msg_id, str(invalid), ErrorCode.BAD_REQUEST)
             return
         try:
-            result = self.bridge.send(self._session_id, echo_id, text, None)
-            await self.bridge.commit()  # an ack means durable, as a 202 does
+            # An ack means durable, as a 202 does.
+            result = await self.bridge.send_durably(
+                request.session_id, request.client_msg_id, request.text, None
+            )
         except BridgeError as error:
-            self._nack(echo_id, error.message, error.code)
+            self._nack(request.client_msg_id, error.message, error.code)
             return
         self._write(
             {
                 "type": "ack",
-                "clientMsgId": echo_id,
+                "clientMsgId": request.client_msg_id,
                 "seq": result.receipt.seq,
                 "duplicate": result.duplicate,
             }

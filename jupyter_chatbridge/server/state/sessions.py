@@ -3,17 +3,32 @@
 The watch and drive relations are kept here in both directions (session to
 connections, connection to sessions) so they can never disagree, and they are
 keyed by connection id, so they survive a stable connection's reconnect.
+
+The registry and the sessions' logs report every change of the durable record
+(a session created or deleted; events, receipts, trims) to one `SessionSink`,
+the store; nothing else writes to it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ...protocol import client_id
-from .eventlog import EventLog
+from .eventlog import EventLog, LoggedEvent, LogSink, NoSink, SendReceipt
+
+
+class SessionSink(LogSink, Protocol):
+    """A `LogSink` that also hears of sessions created and deleted (the store)."""
+
+    def create_session(self, session_id: str, created: float, settings: dict[str, Any]) -> None:
+        """A new, empty session (`created` is wall-clock time)."""
+
+    def delete_session(self, session_id: str) -> None:
+        """The session and everything of it are gone."""
 
 
 class SessionExists(Exception):
@@ -67,12 +82,22 @@ class Session:
 class SessionRegistry:
     """All sessions, plus the watch and drive indexes by connection id."""
 
-    def __init__(self, *, max_events: int, max_receipts: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_events: int,
+        max_receipts: int,
+        sink: SessionSink | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._sessions: dict[str, Session] = {}
         self._watching: dict[str, set[str]] = {}
         self._driving: dict[str, set[str]] = {}
         self._max_events = max_events
         self._max_receipts = max_receipts
+        self._sink: SessionSink = sink if sink is not None else NoSink()
+        # The sink's creation time: the scheduler's clock means nothing to the next process.
+        self._wall_clock = wall_clock
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -91,9 +116,33 @@ class SessionRegistry:
         self, session_id: str, now: float, settings: dict[str, Any] | None = None
     ) -> Session:
         """Add a new, empty session."""
+        session = self._add(session_id, now, settings)
+        self._sink.create_session(session_id, self._wall_clock(), session.settings)
+        return session
+
+    def restore(
+        self,
+        session_id: str,
+        now: float,
+        settings: dict[str, Any],
+        events: Iterable[LoggedEvent],
+        last_seq: int,
+        receipts: Iterable[SendReceipt],
+    ) -> Session:
+        """Add a session the sink already holds (a restart), with its log as kept."""
+        session = self._add(session_id, now, settings)
+        session.log.load(events, last_seq, receipts)
+        return session
+
+    def _add(self, session_id: str, now: float, settings: dict[str, Any] | None) -> Session:
         if session_id in self._sessions:
             raise SessionExists(session_id)
-        log = EventLog(session_id, max_events=self._max_events, max_receipts=self._max_receipts)
+        log = EventLog(
+            session_id,
+            max_events=self._max_events,
+            max_receipts=self._max_receipts,
+            sink=self._sink,
+        )
         session = Session(id=session_id, log=log, created=now, settings=dict(settings or {}))
         self._sessions[session_id] = session
         return session
@@ -103,6 +152,7 @@ class SessionRegistry:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return None
+        self._sink.delete_session(session_id)
         for connection_id in session.watchers:
             self._discard(self._watching, connection_id, session_id)
         if session.driver is not None:

@@ -1,15 +1,9 @@
-"""The durable record of sessions: a `SessionStore` protocol, in memory or in SQLite.
+"""`SqliteStore`: sessions in one SQLite file, written by one thread with group commit.
 
-`ChatBridge` keeps everything it serves in memory (fan-out and history never
-read the store). The store is written as events happen and read once, at
-start-up, to restore what a previous server process had: sessions, their
-retained events with their seq, the send receipts (dedup across restarts) and
-each session's agent settings.
-
-`SqliteStore` never does disk I/O on the event loop: each write is one
-`queue.put`, and a single writer thread owning its own connection commits
-whatever has queued up in one transaction (group commit). `flush()` is the
-barrier a caller awaits before promising durability (a `202 accepted`).
+It never does disk I/O on the event loop: each write is one `queue.put`, and a
+single writer thread owning its own connection commits whatever has queued up
+in one transaction. `flush()` is the barrier a caller awaits before promising
+durability (a `202 accepted`).
 """
 
 from __future__ import annotations
@@ -19,187 +13,21 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
-from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .state import LoggedEvent, SendReceipt
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock file, one server per file is on you
-    fcntl = None  # type: ignore[assignment]
+from ..state import LoggedEvent, SendReceipt
+from .base import StoredSession, StoreError
+from .lock import StoreLock
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-
-MEMORY = ":memory:"
-"""The `store_path` that selects `MemoryStore` (nothing survives the process)."""
-
-
-class StoreError(Exception):
-    """The store cannot be opened or written; the message names the file and the way out."""
-
-
-@dataclass
-class StoredSession:
-    """One session as the store holds it: what a restart restores."""
-
-    id: str
-    created: float
-    settings: dict[str, Any]
-    events: list[LoggedEvent] = field(default_factory=list)
-    """The retained tail of the session's events, oldest first, contiguous in seq."""
-    last_seq: int = 0
-    receipts: list[SendReceipt] = field(default_factory=list)
-    """Remembered send receipts, oldest (lowest seq) first."""
-
-
-class SessionStore(Protocol):
-    """What `ChatBridge` needs from a durable record of its sessions.
-
-    Writes are fire-and-forget and applied in the order they were made; `flush`
-    is the barrier that says they are durable. `trim` never removes a session's
-    newest event, so `last_seq` survives any trim.
-    """
-
-    description: str
-    """Where the data lives, for log messages."""
-
-    def load(self) -> list[StoredSession]:
-        """Every stored session, in creation order (called once, at start-up)."""
-        ...
-
-    def create_session(self, session_id: str, created: float, settings: dict[str, Any]) -> None:
-        """Record a new, empty session (replacing any leftover rows of that id)."""
-        ...
-
-    def delete_session(self, session_id: str) -> None:
-        """Remove the session and every row that belongs to it."""
-        ...
-
-    def append(self, session_id: str, event: LoggedEvent) -> None:
-        """Record one session event."""
-        ...
-
-    def remember(self, receipt: SendReceipt) -> None:
-        """Record one send receipt."""
-        ...
-
-    def trim(self, session_id: str, first_event_seq: int, first_receipt_seq: int) -> None:
-        """Forget events before `first_event_seq`, receipts before `first_receipt_seq`."""
-        ...
-
-    async def flush(self) -> None:
-        """Resolve once everything submitted before this call is committed (or raise)."""
-        ...
-
-    def close(self) -> None:
-        """Commit what is queued and stop; idempotent."""
-        ...
-
-
-# -- in memory ---------------------------------------------------------------------------
-
-
-@dataclass
-class _MemorySession:
-    created: float
-    settings: dict[str, Any]
-    events: deque[LoggedEvent] = field(default_factory=deque)
-    last_seq: int = 0
-    receipts: OrderedDict[str, SendReceipt] = field(default_factory=OrderedDict)
-
-
-class MemoryStore:
-    """A store that lives as long as the process: the `:memory:` choice, and tests.
-
-    It holds references to the same `LoggedEvent` objects the bridge holds, so
-    its cost is a pointer per event. A new bridge built on the same instance
-    restores from it, which lets restore logic be tested in one process.
-    """
-
-    description = "memory (nothing survives a restart)"
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, _MemorySession] = {}
-        self._closed = False
-
-    def load(self) -> list[StoredSession]:
-        """Every session, in creation order."""
-        return [
-            StoredSession(
-                id=session_id,
-                created=s.created,
-                settings=json.loads(json.dumps(s.settings)),  # a copy, as a file would give
-                events=list(s.events),
-                last_seq=s.last_seq,
-                receipts=sorted(s.receipts.values(), key=lambda r: r.seq),
-            )
-            for session_id, s in self._sessions.items()
-        ]
-
-    def _refused(self, kind: str) -> bool:
-        if self._closed:
-            log.warning("chatbridge: session store closed; dropped a %s write", kind)
-        return self._closed
-
-    def create_session(self, session_id: str, created: float, settings: dict[str, Any]) -> None:
-        """Record a new, empty session."""
-        if self._refused("create"):
-            return
-        self._sessions.pop(session_id, None)  # re-created: it goes last, like a new row
-        self._sessions[session_id] = _MemorySession(created, dict(settings))
-
-    def delete_session(self, session_id: str) -> None:
-        """Forget the session."""
-        if self._refused("delete"):
-            return
-        self._sessions.pop(session_id, None)
-
-    def append(self, session_id: str, event: LoggedEvent) -> None:
-        """Record one event."""
-        session = self._sessions.get(session_id)
-        if session is not None and not self._refused("append"):
-            session.events.append(event)
-            session.last_seq = max(session.last_seq, event.seq)
-
-    def remember(self, receipt: SendReceipt) -> None:
-        """Record one receipt."""
-        session = self._sessions.get(receipt.session_id)
-        if session is not None and not self._refused("remember"):
-            session.receipts[receipt.client_msg_id] = receipt
-
-    def trim(self, session_id: str, first_event_seq: int, first_receipt_seq: int) -> None:
-        """Forget old events (never the newest) and old receipts."""
-        session = self._sessions.get(session_id)
-        if session is None or self._refused("trim"):
-            return
-        events = session.events
-        while len(events) > 1 and events[0].seq < first_event_seq:
-            events.popleft()
-        stale = [k for k, r in session.receipts.items() if r.seq < first_receipt_seq]
-        for key in stale:
-            del session.receipts[key]
-
-    async def flush(self) -> None:
-        """Everything is applied at once: nothing to wait for."""
-        if self._closed:
-            raise StoreError("the session store is closed")
-
-    def close(self) -> None:
-        """Nothing to release."""
-        self._closed = True
-
-
-# -- SQLite -------------------------------------------------------------------------------
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -306,12 +134,13 @@ class SqliteStore:
         self._closed = False
         self._wake = threading.Event()  # set by flush and close: commit now
         self._bulk = True  # JSON functions available (checked at open)
-        self._lock_fd: int | None = None
+        self._resolved = self.path
+        self._file_lock = StoreLock(self.path)  # keyed on the resolved path
         self._take_lock()
         try:
             self._check_and_migrate()
         except BaseException:
-            self._release_lock()
+            self._file_lock.release()
             raise
         self._thread = threading.Thread(
             target=self._run, name=f"chatbridge-store:{self.path.name}", daemon=True
@@ -329,41 +158,20 @@ class SqliteStore:
         )
 
     def _take_lock(self) -> None:
-        # Two servers appending to one file would interleave their seqs: the second one
-        # is refused. flock dies with its process, so a crash never leaves it stale.
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._fail("cannot create its directory", exc) from exc
-        if fcntl is None:  # pragma: no cover
-            return
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        # SQLite opens the resolved file too, so its -wal and -shm sit beside the target.
+        self._resolved = self.path.resolve()
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._file_lock.acquire()
         except OSError as exc:
             raise self._fail("cannot create its lock file", exc) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"chatbridge session store {self.path} is in use by another running "
-                f"server (pid {holder}). Stop that server, or give this one its own file "
-                "with c.ChatBridgeApp.store_path."
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
 
     def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are explicit (BEGIN ... COMMIT) in the writer.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self._resolved, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 5000")
         return conn
 
@@ -494,7 +302,7 @@ class SqliteStore:
             self._queue.put(_STOP)
             self._wake.set()
         self._thread.join()
-        self._release_lock()
+        self._file_lock.release()
 
     def _put(self, item: Any) -> None:
         if self._closed:
@@ -551,10 +359,11 @@ class SqliteStore:
                         len(writes) - MAX_BACKLOG,
                     )
                 backlog = writes[-MAX_BACKLOG:]
-            except Exception as exc:
-                # A write that can never succeed (a bug, a constraint): retrying it would
-                # block every later write, so this batch is dropped, loudly. The thread
-                # itself must live on, or every later flush would wait forever.
+            except BaseException as exc:
+                # A write that can never succeed (a bug, a constraint, a damaged file):
+                # retrying it would block every later write, so this batch is dropped,
+                # loudly; every send it held is refused (503) and its receipt retracted.
+                # The thread itself must live on, or every later flush would wait forever.
                 error = StoreError(
                     f"chatbridge session store {self.path}: dropped {len(writes)} writes "
                     f"that cannot be saved ({type(exc).__name__}: {exc})"
@@ -596,10 +405,3 @@ class SqliteStore:
 
 def _kind(write: _Write) -> str:
     return write[0]
-
-
-def open_store(path: str | Path) -> SessionStore:
-    """The store for `c.ChatBridgeApp.store_path`: `":memory:"` or a SQLite file."""
-    if str(path) == MEMORY:
-        return MemoryStore()
-    return SqliteStore(path)

@@ -1,0 +1,70 @@
+"""Crash recovery as a pure function of a session's event log.
+
+A server process that died mid-answer left a log whose last answer never got
+its `message_end`, and maybe user messages that were accepted (their receipts
+were committed) but never answered. `recover` reads the logged events and says
+what the restarted server must do: which events to append to close the cut
+answer, and which user messages to queue for the agent again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol import EventType
+from .state import LoggedEvent, PendingInput
+
+INTERRUPTED_MESSAGE = "the server restarted during this answer"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a restarted server does for one session."""
+
+    cut_answer: str | None = None
+    """The messageId of the answer the crash cut short, if one was open."""
+    append: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Events to log, in order: (type, fields)."""
+    requeue: list[PendingInput] = field(default_factory=list)
+    """Accepted user messages no answer was started for, oldest first."""
+
+
+def recover(events: Iterable[LoggedEvent]) -> Recovery:
+    """Close an answer cut by the restart; queue accepted messages never answered."""
+    open_answer: str | None = None
+    open_has_error = False
+    answered = 0  # the highest user-message seq an answer was started for
+    user_messages: list[LoggedEvent] = []
+    for event in events:
+        # Only the few control events are parsed; deltas are skipped by type.
+        if event.type == EventType.MESSAGE_START:
+            start = json.loads(event.data)
+            open_answer, open_has_error = start.get("messageId"), False
+            reply_to = start.get("replyTo")
+            if isinstance(reply_to, int):
+                answered = max(answered, reply_to)
+        elif event.type == EventType.MESSAGE_END:
+            open_answer = None
+        elif event.type == EventType.ERROR and open_answer is not None:
+            open_has_error = True
+        elif event.type == EventType.USER_MESSAGE:
+            user_messages.append(event)
+    append: list[tuple[str, dict[str, Any]]] = []
+    if open_answer is not None:
+        if not open_has_error:
+            append.append(
+                (EventType.ERROR, {"message": INTERRUPTED_MESSAGE, "messageId": open_answer})
+            )
+        append.append((EventType.MESSAGE_END, {"messageId": open_answer}))
+    requeue = []
+    for event in user_messages:
+        if event.seq <= answered:
+            continue
+        body = json.loads(event.data)
+        requeue.append(
+            PendingInput(event.seq, body["clientMsgId"], body["text"], body.get("connectionId"))
+        )
+    return Recovery(open_answer, append, requeue)

@@ -1,0 +1,262 @@
+"""Session operations: create, delete, history, watch and drive, send.
+
+Each operation is synchronous (no two requests interleave inside one) and
+refuses bad input with a `BridgeError` before it changes anything. Durability
+is the store's: the log feeds it, and `commit` is the barrier a handler awaits
+before it promises anything (a 201, a 202, an `ack`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import Scheduler
+from ..protocol import CloseCode, DetachReason, ErrorCode, EventType, client_id, dumps
+from .connections import ConnectionService
+from .errors import BridgeError, session_unknown
+from .fanout import Fanout
+from .limits import BridgeLimits
+from .runner import AgentRunner
+from .state import (
+    Connection,
+    LoggedEvent,
+    PendingInput,
+    SendReceipt,
+    Session,
+    SessionExists,
+    SessionRegistry,
+)
+from .store import SessionStore
+
+# A session's settings (`POST sessions` `settings`), serialised, at most this long.
+MAX_SETTINGS_BYTES = 16384
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The answer to a send: its receipt, and whether it repeated an earlier one."""
+
+    receipt: SendReceipt
+    duplicate: bool
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "accepted": True,
+            "sessionId": self.receipt.session_id,
+            "clientMsgId": self.receipt.client_msg_id,
+            "seq": self.receipt.seq,
+            "duplicate": self.duplicate,
+        }
+
+
+def _checked_settings(settings: Any) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise BridgeError(400, ErrorCode.BAD_REQUEST, "settings must be a JSON object")
+    try:
+        size = len(dumps(settings).encode("utf-8"))
+    except (TypeError, ValueError, UnicodeEncodeError):
+        raise BridgeError(400, ErrorCode.BAD_REQUEST, "settings must be plain JSON") from None
+    if size > MAX_SETTINGS_BYTES:
+        raise BridgeError(
+            400, ErrorCode.BAD_REQUEST, f"settings are over {MAX_SETTINGS_BYTES} bytes serialised"
+        )
+    return settings
+
+
+class SessionService:
+    """What a client can do to sessions."""
+
+    def __init__(
+        self,
+        sessions: SessionRegistry,
+        fanout: Fanout,
+        runner: AgentRunner,
+        connections: ConnectionService,
+        limits: BridgeLimits,
+        scheduler: Scheduler,
+        store: SessionStore,
+    ) -> None:
+        self._sessions = sessions
+        self._fanout = fanout
+        self._runner = runner
+        self._connections = connections
+        self._limits = limits
+        self._scheduler = scheduler
+        self.store = store
+
+    # -- sessions -----------------------------------------------------------------
+
+    def session(self, session_id: str) -> Session:
+        """The session, or a 404 `session_unknown`."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise session_unknown(session_id)
+        return session
+
+    def create(self, session_id: str | None, settings: dict[str, Any] | None = None) -> Session:
+        """Create a session (with a generated id when none is given).
+
+        `settings` (a JSON object, at most `MAX_SETTINGS_BYTES` serialised) are kept
+        with the session and handed to its agent.
+        """
+        settings = _checked_settings(settings)
+        if len(self._sessions) >= self._limits.max_sessions:
+            raise BridgeError(
+                429, ErrorCode.BUSY, f"too many sessions (limit {self._limits.max_sessions})"
+            )
+        try:
+            return self._sessions.create(
+                session_id or f"s-{uuid.uuid4().hex[:12]}", self._scheduler.now(), settings
+            )
+        except SessionExists:
+            raise BridgeError(
+                409, ErrorCode.SESSION_EXISTS, f"session {session_id!r} already exists"
+            ) from None
+
+    def delete(self, session_id: str) -> None:
+        """End a session: stop its agent, tell watchers and driver, close its sockets."""
+        session = self.session(session_id)
+        self._runner.cancel(session)
+        self._fanout.publish(session, EventType.SESSION_ENDED, {})
+        if session.driver is not None:
+            self._fanout.notify_detached(session.driver, session.id, DetachReason.SESSION_ENDED)
+        self._sessions.delete(session_id)
+        self._fanout.end_sockets(session_id, CloseCode.SESSION_UNKNOWN, "session ended")
+
+    def history(
+        self, session_id: str, after: int, limit: int | None
+    ) -> tuple[list[LoggedEvent], int]:
+        """Events with seq > `after` (at most `limit`) and the session's last seq."""
+        session = self.session(session_id)
+        return session.log.after(after, limit), session.log.last_seq
+
+    # -- watching and driving -----------------------------------------------------------
+
+    def watch(self, connection: Connection, session_id: str, after_seq: int | None) -> int:
+        """Deliver the session's events to `connection`: after `after_seq` first, then live."""
+        session = self.session(session_id)
+        watched = self._sessions.watched_by(connection.id)
+        limit = self._limits.max_watches_per_connection
+        if session_id not in watched and len(watched) >= limit:
+            raise BridgeError(
+                400, ErrorCode.BAD_REQUEST, f"a connection may watch at most {limit} sessions"
+            )
+        if after_seq is not None:
+            # Synchronous with the registration below: no live event can slip in between.
+            self._fanout.replay(connection, session.log.after(after_seq))
+        self._sessions.watch(session, connection.id)
+        return session.log.last_seq
+
+    def unwatch(self, connection: Connection, session_id: str) -> None:
+        """Stop delivering a session's events to `connection`."""
+        self._sessions.unwatch(self.session(session_id), connection.id)
+
+    def attach(self, connection: Connection, session_id: str) -> str:
+        """Make `connection` the session's driver; the previous one is told it was taken over."""
+        session = self.session(session_id)
+        previous = self._sessions.attach(session, connection.id)
+        if previous is not None:
+            self._fanout.notify_detached(previous, session_id, DetachReason.TAKEN_OVER)
+        return client_id(connection.id, session_id)
+
+    def detach(self, connection: Connection, session_id: str) -> None:
+        """Stop driving; a connection that is not the driver changes nothing."""
+        self._sessions.detach(self.session(session_id), connection.id)
+
+    def suspend(self, connection: Connection, session_id: str) -> None:
+        """Keep the driver role through this connection's expiry (page unload)."""
+        self._sessions.suspend(self.session(session_id), connection.id)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(
+        self,
+        session_id: str,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+        owner: str | None = None,
+    ) -> SendResult:
+        """Accept a user message once per clientMsgId, in order, and queue it for the agent.
+
+        The message is attributed to `connection_id` only if that connection exists
+        and belongs to `owner`: nobody can speak as another user's connection.
+        Nothing is durable yet: `send_durably` is what a handler answers with.
+        """
+        session = self.session(session_id)
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): not text
+            raise BridgeError(
+                400, ErrorCode.BAD_REQUEST, "text is not valid Unicode (lone surrogate)"
+            ) from None
+        if size > self._limits.max_message_bytes:
+            raise BridgeError(
+                413,
+                ErrorCode.TOO_LARGE,
+                f"message text is over {self._limits.max_message_bytes} bytes",
+            )
+        receipt = session.log.receipt(client_msg_id) or session.log.resubmit(client_msg_id)
+        if receipt is not None:
+            return SendResult(receipt, duplicate=True)
+        if len(session.pending) >= self._limits.max_pending_inputs:
+            raise BridgeError(
+                429,
+                ErrorCode.BUSY,
+                f"session {session_id!r} has {len(session.pending)} messages waiting; retry later",
+                retry_after=self._limits.busy_retry_after,
+            )
+        sender = self._connections.sender(connection_id, owner)
+        event = self._fanout.publish(
+            session,
+            EventType.USER_MESSAGE,
+            {"clientMsgId": client_msg_id, "text": text, "connectionId": sender},
+        )
+        receipt = session.log.accept(event, client_msg_id)
+        session.pending.append(PendingInput(event.seq, client_msg_id, text, sender))
+        self._runner.ensure(session)
+        return SendResult(receipt, duplicate=False)
+
+    async def send_durably(
+        self,
+        session_id: str,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+        owner: str | None = None,
+    ) -> SendResult:
+        """`send`, then wait until the message and its receipt are committed.
+
+        A failed commit (a 503) retracts the receipt, so a retry is never told
+        `duplicate: true` about a message the store may not hold; the retry writes
+        it again (same seq) and is answered once that commit succeeds.
+        """
+        result = self.send(session_id, client_msg_id, text, connection_id, owner)
+        log = self.session(session_id).log
+        try:
+            # A duplicate waits too: its first answer may have been a 503 whose write
+            # is being retried (or was just written again).
+            await self.commit()
+        except BridgeError:
+            log.retract(client_msg_id)
+            raise
+        if log.is_retracted(client_msg_id):
+            # Another request's commit of these writes failed meanwhile and retracted them.
+            raise self._not_durable("the store failed to save this message; retry it")
+        return result
+
+    async def commit(self) -> None:
+        """Wait until everything so far is durable; any store failure is a 503 busy."""
+        try:
+            await self.store.flush()
+        except Exception as exc:
+            raise self._not_durable(
+                f"not saved durably yet; retry the same request: {exc}"
+            ) from None
+
+    def _not_durable(self, message: str) -> BridgeError:
+        return BridgeError(503, ErrorCode.BUSY, message, retry_after=self._limits.busy_retry_after)

@@ -1,0 +1,35 @@
+"""The durable session store: `SessionStore` (base), `MemoryStore`, `SqliteStore`.
+
+`base` holds the protocol every store keeps and its errors; `memory` the
+in-process store; `sqlite` the file store and its writer thread; `lock` the
+one-server-per-file lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import MEMORY, SessionStore, StoredSession, StoreError, StoreLocked
+from .memory import MemoryStore
+from .sqlite import GROUP_COMMIT_WINDOW, MAX_BACKLOG, SCHEMA_VERSION, SqliteStore
+
+__all__ = [
+    "GROUP_COMMIT_WINDOW",
+    "MAX_BACKLOG",
+    "MEMORY",
+    "SCHEMA_VERSION",
+    "MemoryStore",
+    "SessionStore",
+    "SqliteStore",
+    "StoreError",
+    "StoreLocked",
+    "StoredSession",
+    "open_store",
+]
+
+
+def open_store(path: str | Path) -> SessionStore:
+    """The store for `c.ChatBridgeApp.store_path`: `":memory:"` or a SQLite file."""
+    if str(path) == MEMORY:
+        return MemoryStore()
+    return SqliteStore(path)

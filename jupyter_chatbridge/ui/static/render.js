@@ -1,0 +1,179 @@
+// The page's DOM: draws the ChatPage's state into the elements page.py serves. Nothing here
+// decides anything; it shows what the page, its transcript and its outbox say.
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const DELIVERY_LABELS = {
+  sending: "sending…",
+  retrying: "delivery delayed, retrying…",
+  delivered: "delivered",
+  failed: "not delivered",
+};
+
+export function drawPage(page) {
+  const view = page.view;
+  const labels = {
+    connecting: "connecting…",
+    connected: "connected",
+    offline: "offline",
+    "signed-out": "signed out: log in again",
+  };
+  const conn = page.$("conn-status");
+  conn.dataset.state = page.status;
+  const { attempts, maxAttempts } = page.stream.budget;
+  conn.textContent =
+    page.status === "reconnecting"
+      ? `reconnecting, attempt ${attempts} of ${maxAttempts}…`
+      : labels[page.status] || page.status;
+  if (page.status === "offline" || page.status === "signed-out") {
+    const again = element("button", "inline", page.status === "offline" ? "Reconnect" : "Log in");
+    again.type = "button";
+    again.addEventListener("click", () => {
+      if (page.status === "offline") page.stream.reconnect();
+      else window.location.assign(`${page.baseUrl}login?next=${encodeURIComponent(window.location.pathname)}`);
+    });
+    conn.append(" ", again);
+  }
+
+  drawPicker(page);
+
+  const gone = page.$("session-gone");
+  gone.hidden = !(view && page.gone);
+  if (view && page.gone) {
+    const g = page.gone;
+    page.$("gone-detail").textContent = g.code
+      ? `The live view closed with ${g.code} (${g.reason || "session unknown"}) after ${Math.round(g.afterMs)} ms.`
+      : g.source === "session_ended"
+        ? "It was ended."
+        : "The server does not know it.";
+  }
+
+  const live = page.$("live-status");
+  const ls = page.liveState;
+  live.dataset.state = ls ? ls.state : "";
+  let liveText = "";
+  if (view && !page.gone && ls) {
+    if (ls.state === "reconnecting") {
+      const of = page.rules.reconnect.maxAttempts;
+      liveText = `live view lost (${ls.code}); reconnecting, attempt ${ls.attempt} of ${of}…`;
+    } else if (ls.state === "lost") {
+      liveText = `live view lost (${ls.code}) after ${ls.attempts} reconnect attempts`;
+    } else if (ls.state === "refused") {
+      liveText = `live view refused (${ls.code} ${ls.reason || ""})`;
+    }
+  }
+  const errors = [...page.errors.values()].join(" · ");
+  if (errors) liveText = liveText ? `${liveText} · ${errors}` : errors;
+  live.hidden = !liveText;
+  live.textContent = liveText;
+  if (ls && ls.state === "lost" && !page.gone) {
+    const again = element("button", "inline", "Reconnect");
+    again.type = "button";
+    again.addEventListener("click", () => page.selectSession(view.sessionId, { force: true }));
+    live.append(" ", again);
+  }
+
+  drawTranscript(page);
+
+  // The transcript's rule: a send of ours pending, a message unanswered, an answer streaming.
+  page.$("thinking").hidden = !(view && !page.gone && view.thinking);
+  const usable = Boolean(view) && !page.gone;
+  page.$("message").disabled = !usable;
+  page.$("send").disabled = !usable;
+}
+
+function drawPicker(page) {
+  const select = page.$("session-select");
+  const current = page.view ? page.view.sessionId : "";
+  const ids = [...page.sessions];
+  if (current && !ids.includes(current)) ids.push(current);
+  // Rebuild only on change, so an open dropdown is not reset by every streamed event.
+  const key = JSON.stringify([ids, page.sessions, current]);
+  if (key === page.pickerKey) return;
+  page.pickerKey = key;
+  const options = [element("option", "", ids.length ? "— pick a session —" : "— no sessions yet —")];
+  options[0].value = "";
+  for (const id of ids) {
+    const option = element("option", "", page.sessions.includes(id) ? id : `${id} (gone)`);
+    option.value = id;
+    options.push(option);
+  }
+  select.replaceChildren(...options);
+  select.value = current;
+}
+
+function drawTranscript(page) {
+  const transcript = page.$("transcript");
+  const view = page.view;
+  const nearBottom =
+    transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 40;
+  const nodes = [];
+  if (!view) {
+    nodes.push(element("p", "hint", "Pick a session or create one to start chatting."));
+  } else {
+    // The transcript's order: the session's seq order, this page's unnumbered sends last.
+    for (const message of view.ordered()) {
+      if (message.role === "user") {
+        nodes.push(userBubble(page, message));
+      } else if (message.role === "agent") {
+        const bubble = element("div", "msg assistant", message.text);
+        bubble.dataset.messageId = message.messageId;
+        bubble.dataset.done = String(message.done);
+        if (message.error) bubble.append(element("div", "agent-error", message.error));
+        nodes.push(bubble);
+      } else {
+        nodes.push(element("div", `msg ${message.error ? "error" : "system"}`, message.text));
+      }
+    }
+    if (view.ended === "session_ended") nodes.push(element("div", "msg system", "session ended"));
+    if (nodes.length === 0) nodes.push(element("p", "hint", "No messages yet."));
+  }
+  transcript.replaceChildren(...nodes);
+  if (nearBottom) transcript.scrollTop = transcript.scrollHeight;
+}
+
+// The transcript's delivery states by the names the page shows them under.
+const STATE_NAMES = { pending: "sending", retrying: "retrying", failed: "failed", delivered: "delivered" };
+
+/** Why a delivery is delayed or failed, from the transcript's fields of the message. */
+function deliveryNote(message) {
+  if (message.delivery === "retrying") {
+    const why = message.status ? `HTTP ${message.status}` : message.error;
+    return `attempt ${message.attempt} failed (${why}); retrying`;
+  }
+  if (message.delivery === "failed") {
+    const why = message.error || `HTTP ${message.status}`;
+    return message.attempt > 1 ? `${message.attempt} attempts; last: ${why}` : why;
+  }
+  return "";
+}
+
+function userBubble(page, message) {
+  // delivery null: not sent from this page, so the session's user_message is all there is.
+  const state = STATE_NAMES[message.delivery ?? "delivered"];
+  const entry = message.delivery !== null ? page.delivery.get(message.clientMsgId) : undefined;
+  const bubble = element("div", "msg user");
+  bubble.dataset.clientMsgId = message.clientMsgId || "";
+  if (message.seq !== null) bubble.dataset.seq = String(message.seq);
+  bubble.dataset.state = state;
+  bubble.dataset.history = entry ? entry.history.map((s) => STATE_NAMES[s]).join(" ") : "delivered";
+  bubble.append(element("div", "text", message.text));
+  const status = element("div", "delivery", DELIVERY_LABELS[state] || state);
+  const note = deliveryNote(message);
+  if (note) status.title = note;
+  if (state === "failed" && note) status.append(element("span", "why", ` (${note})`));
+  // Offered exactly when the transcript says the failure may be retried.
+  if (state === "failed" && message.retryOffered) {
+    const retry = element("button", "inline", "Retry");
+    retry.type = "button";
+    retry.addEventListener("click", () => page.retrySend(message.clientMsgId));
+    status.append(" ", retry);
+  }
+  bubble.append(status);
+  return bubble;
+}

@@ -1,0 +1,147 @@
+"""The store's file lock and failed commits.
+
+- One server per store: the lock is taken on the resolved path, so a symlink and its
+  target (or a path through a symlinked folder) are one store, and the refusal names
+  the holder's pid.
+- A commit that fails, whatever it raises, answers 503, leaves no receipt that could
+  answer `duplicate: true`, and the client's retry succeeds once the store works, with
+  the message stored once. The faults are raised at the writer thread's seam
+  (`SqliteStore._commit`) of a real server's store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets.config import Config
+
+from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.server.store import SqliteStore, StoreLocked
+
+from .support import Api, eventually
+
+# -- the lock ------------------------------------------------------------------------------
+
+
+def test_a_symlink_and_its_target_are_one_store(tmp_path: Path) -> None:
+    target = tmp_path / "real" / "sessions.sqlite3"
+    first = SqliteStore(target)
+    try:
+        link = tmp_path / "link.sqlite3"
+        link.symlink_to(target)
+        (tmp_path / "folder-link").symlink_to(target.parent, target_is_directory=True)
+        for other in (link, tmp_path / "folder-link" / "sessions.sqlite3"):
+            with pytest.raises(StoreLocked) as caught:
+                SqliteStore(other)
+            message = str(caught.value)
+            assert str(other) in message and f"(pid {os.getpid()})" in message
+            assert caught.value.pid == str(os.getpid())
+        # The lock file sits beside the real file and holds the owner's pid.
+        assert (target.parent / "sessions.sqlite3.lock").read_text() == str(os.getpid())
+        assert not (tmp_path / "link.sqlite3.lock").exists()
+    finally:
+        first.close()
+    again = SqliteStore(tmp_path / "link.sqlite3")  # released on close: the link opens now
+    again.close()
+
+
+async def test_a_store_opened_through_a_symlink_writes_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "real.sqlite3"
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(target)
+    store = SqliteStore(link)
+    try:
+        store.create_session("s1", 1.0, {})
+        await store.flush()
+    finally:
+        store.close()
+    assert link.is_symlink()  # never replaced by a file of its own
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("SELECT id FROM sessions").fetchall() == [("s1",)]
+
+
+# -- failed commits over HTTP -----------------------------------------------------------------
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config: Config, tmp_path: Path) -> Config:
+    """The test server on a real SQLite store."""
+    jp_server_config.ChatBridgeApp.store_path = str(tmp_path / "store" / "sessions.sqlite3")
+    return jp_server_config
+
+
+FAULTS: list[Callable[[], BaseException]] = [
+    lambda: sqlite3.OperationalError("disk I/O error"),
+    lambda: sqlite3.DatabaseError("database disk image is malformed"),
+    lambda: sqlite3.IntegrityError("UNIQUE constraint failed"),
+    lambda: sqlite3.ProgrammingError("Cannot operate on a closed database."),
+    lambda: OSError(28, "No space left on device"),
+    lambda: MemoryError(),
+    lambda: RuntimeError("a bug in the writer"),
+    lambda: Exception("anything at all"),
+]
+
+
+def stored_rows(path: Path) -> tuple[list[Any], list[Any]]:
+    """The user messages and receipts the file holds (what a restart would load)."""
+    with sqlite3.connect(path) as conn:
+        users = conn.execute(
+            "SELECT seq, data FROM events WHERE session_id = 's1' AND type = 'user_message'"
+        ).fetchall()
+        receipts = conn.execute(
+            "SELECT client_msg_id, seq FROM receipts WHERE session_id = 's1'"
+        ).fetchall()
+    return users, receipts
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=lambda f: type(f()).__name__)
+async def test_a_failed_commit_is_503_leaves_no_receipt_and_a_retry_succeeds(
+    api: Api, bridge: ChatBridge, fault: Callable[[], BaseException]
+) -> None:
+    store = bridge.store
+    assert isinstance(store, SqliteStore)
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    commit = store._commit
+    failing = [True]
+
+    def seam(conn: sqlite3.Connection, writes: Any) -> None:
+        if failing[0]:
+            raise fault()
+        commit(conn, writes)
+
+    store._commit = seam  # type: ignore[method-assign]
+    body = {"sessionId": "s1", "clientMsgId": "m1", "text": "hello"}
+    status, answer = await api("POST", "send", body=body)
+    assert (status, answer["code"]) == (503, "busy"), answer
+    assert api.last_response.headers["Retry-After"] == "1"
+    session = bridge.session("s1")
+    assert session.log.receipt("m1") is None  # nothing answers "duplicate" for it
+    # While the store still fails, a retry is refused again, never told "duplicate".
+    status, answer = await api("POST", "send", body=body)
+    assert (status, answer["code"]) == (503, "busy"), answer
+    assert session.log.receipt("m1") is None
+    assert stored_rows(store.path) == ([], [])  # nothing durable, no receipt
+
+    failing[0] = False
+    status, answer = await api("POST", "send", body=body)
+    assert status == 200 and answer["seq"] == 1 and answer["duplicate"] is True, answer
+    assert session.log.receipt("m1") is not None
+    users, receipts = stored_rows(store.path)
+    assert [(seq, json.loads(data)["clientMsgId"]) for seq, data in users] == [(1, "m1")]
+    assert receipts == [("m1", 1)]
+    # Accepted once: one user message in the history, one answer, and a new message works.
+    status, answer = await api("POST", "send", body={**body, "clientMsgId": "m2"})
+    assert status == 202, answer
+    await eventually(lambda: not session.running and not session.pending)
+    events = [json.loads(e.data) for e in session.log.after(0)]
+    assert [e["clientMsgId"] for e in events if e["type"] == "user_message"] == ["m1", "m2"]
+    assert [e["replyTo"] for e in events if e["type"] == "message_start"] == [1, events[-5]["seq"]]
+    await store.flush()
+    (stored,) = store.load()  # what a restart restores
+    assert [r.client_msg_id for r in stored.receipts] == ["m1", "m2"]
