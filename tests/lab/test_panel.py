@@ -90,10 +90,14 @@ def assert_rows_have_natural_height(rows: list[dict[str, Any]]) -> None:
             assert row["rowHeight"] >= row["bubbleHeight"] + row["deliveryHeight"] - 1, row
 
 
+def question(number: int) -> str:
+    return f"Question {number}: please answer in {ANSWER_LINES[number - 1]} lines."
+
+
 def long_conversation(notebook: Any) -> None:
-    """Ten exchanges typed into the panel, one long message and one code block."""
-    for number, lines in enumerate(ANSWER_LINES, start=1):
-        notebook.send(f"Question {number}: please answer in {lines} lines.")
+    """Exchanges 2 to 10 typed into the panel, one long message and one code block."""
+    for number in range(2, len(ANSWER_LINES) + 1):
+        notebook.send(question(number))
         notebook.wait_delivered(number)
     notebook.send("A long message: " + " ".join(["words that wrap across the bubble"] * 12))
     notebook.wait_delivered(len(ANSWER_LINES) + 1)
@@ -106,8 +110,17 @@ def long_conversation(notebook: Any) -> None:
 def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     open_notebook: Any,
 ) -> None:
-    notebook = open_notebook(CODE_CELL, "import time\ntime.sleep(60)", session="demo", height=800)
+    notebook = open_notebook(
+        CODE_CELL, "import time\ntime.sleep(60)", "import time\ntime.sleep(3)", session="demo", height=800
+    )
     notebook.start_panel()
+    # A new panel's first message waits for a running cell (ipykernel routes a widget's
+    # messages to where the kernel last updated it: the cell that made it).
+    notebook.run_cell(3)
+    expect(notebook.cells.nth(3).locator(".jp-InputPrompt")).to_have_text("[*]:")
+    notebook.send(question(1))
+    notebook.wait_delivered(1)
+    assert not notebook.cell_running(3)
     long_conversation(notebook)
     rows = measure(notebook.panel)
     own = [row for row in rows if row["own"]]
@@ -119,8 +132,8 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     assert notebook.panel.evaluate(OVERFLOWS) == {"list": 0, "panel": False}
     notebook.shot("long-conversation")
 
-    # While a cell keeps the kernel busy, Enter in the panel is handled and the answer
-    # streams in (ipykernel 7 handles comm messages while a cell runs).
+    # After that, while a cell keeps the kernel busy, Enter in the panel is handled and the
+    # answer streams in (JupyterLab sends widget messages over an ipykernel 7 subshell).
     notebook.run_cell(2)
     expect(notebook.cells.nth(2).locator(".jp-InputPrompt")).to_have_text("[*]:")
     notebook.send("Does the answer stream in while a cell keeps the kernel busy? 6 lines")
