@@ -111,7 +111,11 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     open_notebook: Any,
 ) -> None:
     notebook = open_notebook(
-        CODE_CELL, "import time\ntime.sleep(60)", "import time\ntime.sleep(3)", session="demo", height=800
+        CODE_CELL,
+        "import time\ntime.sleep(60)",
+        "import time\ntime.sleep(3)",
+        session="demo",
+        height=800,
     )
     notebook.start_panel()
     # A new panel's first message waits for a running cell (ipykernel routes a widget's
