@@ -6,12 +6,12 @@ says, not after real time.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from jupyter_chatbridge.ui import panel as panel_module
 from jupyter_chatbridge.ui.panel import SUBMIT_SETTLE, SUBMIT_WAIT, ChatPanel
 
 
@@ -41,7 +41,7 @@ class ManualLoop:
 @pytest.fixture
 def loop(monkeypatch: pytest.MonkeyPatch) -> ManualLoop:
     manual = ManualLoop()
-    monkeypatch.setattr(panel_module.asyncio, "get_running_loop", lambda: manual)
+    monkeypatch.setattr(asyncio, "get_running_loop", lambda: manual)
     return manual
 
 
