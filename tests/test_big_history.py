@@ -308,3 +308,40 @@ async def test_a_ten_megabyte_session_replays_whole_over_the_websocket(
         assert received == history["events"]
     finally:
         socket.close()
+
+
+async def test_a_websocket_that_stops_reading_is_closed_as_a_slow_consumer(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    await server.start()
+    await rest(server, "POST", "sessions", {"sessionId": "stalled"})
+    socket = await websocket_connect(
+        HTTPRequest(
+            f"ws://127.0.0.1:{server.port}/chatbridge/api/sessions/stalled/ws",
+            headers={"Authorization": f"token {server.token}"},
+        ),
+        max_message_size=1 << 20,
+    )
+    watcher = AsyncChatClient(server.url, server.token, request_timeout=BIG_WAIT)
+    try:
+        seen: Events = []
+        session = await watcher.session("stalled", create=False)
+        session.add_listener(seen.append)
+        # The socket's reader never reads, while far more than the kernel's socket
+        # buffers and max_stream_buffer_bytes (1 MiB) of live events are sent to it.
+        await fill(server, "stalled", [one_word(64_000, i) for i in range(60)])
+        close_code = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BIG_WAIT
+        while close_code is None:  # drain what was buffered before the close
+            message = await asyncio.wait_for(socket.read_message(), max(0, deadline - loop.time()))
+            if message is None:
+                close_code = socket.close_code
+        assert close_code == 1013 and socket.close_reason == "slow consumer"
+        # Nobody else was hurt: the stream's watcher got every event.
+        _, described = await rest(server, "GET", "sessions/stalled")
+        await eventually(lambda: len(seen) == described["lastSeq"], BIG_WAIT)
+    finally:
+        socket.close()
+        await watcher.close()
