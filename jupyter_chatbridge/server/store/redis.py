@@ -92,6 +92,8 @@ class RedisKeys:
         self.prefix = prefix
         self.sessions = f"{prefix}:sessions"
         self.order = f"{prefix}:order"
+        self.notices = f"{prefix}:notices"
+        """A stream of what every process must hear of: sessions created, take-overs."""
 
     def meta(self, session_id: str) -> str:
         return f"{self.prefix}:s:{session_id}"
@@ -104,6 +106,12 @@ class RedisKeys:
 
     def lease(self, session_id: str) -> str:
         return f"{self.prefix}:s:{session_id}:lease"
+
+    def writers(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:writers"
+
+    def driver(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:driver"
 
 
 class RedisStore:
@@ -139,7 +147,14 @@ class RedisStore:
             "create": self.client.register_script(redis_scripts.CREATE),
             "delete": self.client.register_script(redis_scripts.DELETE),
             "trim": self.client.register_script(redis_scripts.TRIM),
+            "append_next": self.client.register_script(redis_scripts.APPEND_NEXT),
+            "end": self.client.register_script(redis_scripts.END),
+            "send": self.client.register_script(redis_scripts.SEND),
+            "renew": self.client.register_script(redis_scripts.LEASE_RENEW),
+            "release": self.client.register_script(redis_scripts.LEASE_RELEASE),
         }
+        self.fenced: set[str] = set()
+        """Sessions whose appends were refused by their fence (another process took over)."""
         try:
             self.client.ping()
             self.client.set(f"{prefix}:schema", "1")
@@ -197,7 +212,7 @@ class RedisStore:
         k = self.keys
         keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
         args = [session_id, repr(created), json.dumps(settings), uuid.uuid4().hex]
-        self._put(("create", ([*keys, k.sessions, k.order], args)))
+        self._put(("create", ([*keys, k.sessions, k.order, k.notices], args)))
 
     def delete_session(self, session_id: str) -> None:
         """Queue: remove every key of the session."""
@@ -327,4 +342,81 @@ class RedisStore:
         pipe = self.client.pipeline(transaction=False)
         for kind, (keys, args) in writes:
             self._scripts[kind](keys=keys, args=args, client=pipe)
-        pipe.execute()
+        problems: list[str] = []
+        for (kind, (keys, _args)), reply in zip(writes, pipe.execute(raise_on_error=False)):
+            if not isinstance(reply, Exception):
+                continue
+            if transient(reply):
+                raise reply
+            if str(reply).startswith("CHATBRIDGE_FENCED"):
+                # Only that session's owner stops; every other write of the batch stands.
+                self.fenced.add(keys[0].split(":s:", 1)[1])
+                continue
+            problems.append(f"{kind}: {reply}")
+        if problems:
+            raise StoreError("; ".join(problems[:3]))
+
+    # -- many processes (redis_scripts: Redis assigns the seq) --------------------------------
+
+    def append_next(
+        self, session_id: str, head: str, tail: str, event_type: str, writer: str, counter: int
+    ) -> None:
+        """Queue: an event at the session's next seq (data = head + seq + tail)."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.lease(session_id)]
+        keys.append(k.writers(session_id))
+        fence = self.fence.get(session_id, "")
+        args = [head, tail, event_type, self._max_events, fence, writer, counter]
+        self._put(("append_next", (keys, args)))
+
+    def end(self, session_id: str, head: str, tail: str, linger: int = 300) -> None:
+        """Queue: the session's `session_ended` event, then the session is gone."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id), k.sessions]
+        keys.append(k.lease(session_id))
+        self._put(("end", (keys, [session_id, head, tail, linger])))
+
+    def send_message(
+        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
+    ) -> tuple[int, bool]:
+        """A user message once per clientMsgId (blocking: run it off the loop).
+
+        Returns (seq, duplicate); seq 0 when the session is gone.
+        """
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
+        args = [client_msg_id, head, tail, self._max_events, max_receipts]
+        seq, duplicate = self._scripts["send"](keys=keys, args=args)
+        return int(seq), bool(duplicate)
+
+    def take_lease(self, session_id: str, token: str, ms: int) -> bool:
+        """Blocking: become the session's agent owner if nobody is (SET NX PX)."""
+        return bool(self.client.set(self.keys.lease(session_id), token, nx=True, px=ms))
+
+    def renew_lease(self, session_id: str, token: str, ms: int) -> bool:
+        """Blocking: keep the lease; False if it was lost (expired and taken)."""
+        return bool(self._scripts["renew"](keys=[self.keys.lease(session_id)], args=[token, ms]))
+
+    def release_lease(self, session_id: str, token: str) -> None:
+        """Blocking: let go of the lease if this token still holds it."""
+        self._scripts["release"](keys=[self.keys.lease(session_id)], args=[token])
+
+    def last_seq(self, session_id: str) -> int:
+        """Blocking: the session's newest seq in Redis (0 if it is gone)."""
+        return int(self.client.hget(self.keys.meta(session_id), "seq") or 0)
+
+    def load_one(self, session_id: str) -> StoredSession | None:
+        """Blocking: one session as stored, or None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.meta(session_id))
+        pipe.xrange(self.keys.events(session_id))
+        meta, entries = pipe.execute()
+        if not meta:
+            return None
+        session = StoredSession(session_id, float(meta["created"]), json.loads(meta["settings"]))
+        session.events = [
+            LoggedEvent(int(entry_id.split("-")[0]), fields["t"], fields["d"])
+            for entry_id, fields in entries
+        ]
+        session.last_seq = int(meta.get("seq", 0))
+        return session
