@@ -11,13 +11,12 @@ from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
-from jupyter_chatbridge.server.store import MemoryStore, SessionStore, SqliteStore
-from jupyter_chatbridge.server.store.redis import RedisStore
+from jupyter_chatbridge.server.store import SessionStore
 from jupyter_chatbridge.testing.seam import install_fault_seam
 
 from .fake_openai import FakeOpenAI
 from .redis_support import RedisServer
-from .store_support import StoreFactory
+from .store_support import StoreFactory, store_factory
 from .support import Api, StreamFactory
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -133,28 +132,10 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Makes the store under test; SQLite ones share one file, so each must be closed
-    before the next is made (a second open store on a file is refused)."""
-    made: list[SessionStore] = []
-    memory = MemoryStore()
+    """Makes the store under test (the shared contract: every kind); SQLite ones share
+    one file, so each must be closed before the next is made."""
     url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-
-    def make() -> SessionStore:
-        store: SessionStore
-        if request.param == "memory":
-            # "Reopening" memory: a new store over the same data, as a file would be.
-            store = MemoryStore()
-            store._sessions = memory._sessions
-        elif request.param == "redis":
-            store = RedisStore(url)
-        else:
-            store = SqliteStore(tmp_path / "data" / "sessions.sqlite3")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
+    yield from store_factory(request.param, tmp_path, url)
 
 
 @pytest.fixture

@@ -152,6 +152,7 @@ class RedisStore:
             "send": self.client.register_script(redis_scripts.SEND),
             "renew": self.client.register_script(redis_scripts.LEASE_RENEW),
             "release": self.client.register_script(redis_scripts.LEASE_RELEASE),
+            "drive": self.client.register_script(redis_scripts.DRIVE),
         }
         self.fenced: set[str] = set()
         """Sessions whose appends were refused by their fence (another process took over)."""
@@ -343,7 +344,9 @@ class RedisStore:
         for kind, (keys, args) in writes:
             self._scripts[kind](keys=keys, args=args, client=pipe)
         problems: list[str] = []
-        for (kind, (keys, _args)), reply in zip(writes, pipe.execute(raise_on_error=False)):
+        for (kind, (keys, _args)), reply in zip(
+            writes, pipe.execute(raise_on_error=False), strict=True
+        ):
             if not isinstance(reply, Exception):
                 continue
             if transient(reply):
@@ -374,7 +377,13 @@ class RedisStore:
         k = self.keys
         keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id), k.sessions]
         keys.append(k.lease(session_id))
+        keys.append(k.driver(session_id))
         self._put(("end", (keys, [session_id, head, tail, linger])))
+
+    def claim_driver(self, session_id: str, connection_id: str) -> None:
+        """Queue: this connection drives the session now (the previous one is told)."""
+        keys = [self.keys.driver(session_id), self.keys.notices]
+        self._put(("drive", (keys, [connection_id, session_id])))
 
     def send_message(
         self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
@@ -385,7 +394,7 @@ class RedisStore:
         """
         k = self.keys
         keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
-        args = [client_msg_id, head, tail, self._max_events, max_receipts]
+        args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
         seq, duplicate = self._scripts["send"](keys=keys, args=args)
         return int(seq), bool(duplicate)
 

@@ -117,13 +117,13 @@ return {seq, 0}
 
 # The end of a session: its `session_ended` event stays readable for a while, so every
 # process's relay shows it, while the session itself is gone at once.
-# KEYS: meta, events, receipts, sessions, lease. ARGV: id, head, tail, linger seconds.
+# KEYS: meta, events, receipts, sessions, lease, driver. ARGV: id, head, tail, linger seconds.
 END = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], seq .. '-0', 't', 'session_ended', 'd', ARGV[2] .. seq .. ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('DEL', KEYS[1], KEYS[3], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[3], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return seq
 """
@@ -141,4 +141,16 @@ return 0
 LEASE_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# A new driver; the previous one, if another connection, hears of it (its process's relay).
+# KEYS: driver, notices. ARGV: connection id, session id.
+DRIVE = """
+local previous = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1])
+if previous and previous ~= ARGV[1] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'k', 'detached', 'id', ARGV[2],
+    'conn', previous)
+end
+return 1
 """
