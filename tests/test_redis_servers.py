@@ -15,7 +15,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from .redis_support import RedisServer
 from .server_process import ServerProcess
-from .support import EventStream
+from .support import EventStream, new_cid
 
 Events = list[dict[str, Any]]
 LEASE = 2.0  # seconds: a dead owner's session is taken over within about this
@@ -62,9 +62,11 @@ async def call(
     return response.code, (json.loads(text) if is_json and text else text)
 
 
-async def watcher(server: ServerProcess, session_id: str, after_seq: int = 0) -> EventStream:
+async def watcher(
+    server: ServerProcess, session_id: str, after_seq: int = 0, cid: str | None = None
+) -> EventStream:
     """An event stream on `server` watching the session from `after_seq`."""
-    path = "/chatbridge/api/events"
+    path = "/chatbridge/api/events" + (f"?cid={cid}" if cid else "")
     stream = await EventStream(server.port, path, {"Authorization": f"token {server.token}"}).open()
     cid = stream.welcome["connectionId"]
     status, body = await call(
@@ -113,7 +115,8 @@ async def test_watch_on_a_and_send_on_b_shows_every_event_once_in_order_on_both(
     a, b = two_servers("--EchoAgent.chunk_delay=0.005")
     await asyncio.gather(a.start(), b.start())
     assert (await call(a, "POST", "sessions", {"sessionId": "s1"}))[0] == 201
-    on_a, on_b = await watcher(a, "s1"), await watcher(b, "s1")  # b never saw it created
+    cid = new_cid()  # a stable connection: it can resume with Last-Event-ID
+    on_a, on_b = await watcher(a, "s1", cid=cid), await watcher(b, "s1")  # b never saw it made
     for i in range(3):
         status, body = await send(b, "s1", f"m{i}", f"hello {i} from b")
         assert status == 202, body
@@ -127,7 +130,17 @@ async def test_watch_on_a_and_send_on_b_shows_every_event_once_in_order_on_both(
     later = await watcher(a, "s1", after_seq=4)
     await later.wait_events(len(seen_a) - 4, "s1")
     assert later.session_events("s1") == seen_a[4:]
-    for stream in (on_a, on_b, later):
+    # Last-Event-ID: a stream cut on a resumes there with what b's sends made meanwhile.
+    last_id = on_a.frames[-1].id
+    on_a.cut()
+    assert (await send(b, "s1", "m3", "while a was cut"))[0] == 202
+    headers = {"Authorization": f"token {a.token}", "Last-Event-ID": str(last_id)}
+    resumed = await EventStream(a.port, f"/chatbridge/api/events?cid={cid}", headers).open()
+    assert resumed.status == 200, (resumed.status, resumed.body)
+    assert resumed.welcome["resumed"] is True
+    await resumed.wait_for(lambda s: answered(s.session_events("s1"), "while a was cut"), 30)
+    assert seen_a + resumed.session_events("s1") == await history(a, "s1")
+    for stream in (on_a, on_b, later, resumed):
         await stream.close()
 
 
