@@ -301,3 +301,33 @@ async def test_redis_killed_and_restarted_mid_run_503s_then_recovers_losing_noth
         assert_one_order(events)
     assert on_a.session_events("s1") == await history(a, "s1")
     await on_a.close()
+
+
+async def test_a_connection_that_moves_to_the_other_process_rewatches_after_its_last_seq(
+    two_servers: Callable[..., list[ServerProcess]],
+) -> None:
+    a, b = two_servers()
+    await asyncio.gather(a.start(), b.start())
+    assert (await call(a, "POST", "sessions", {"sessionId": "s1"}))[0] == 201
+    cid = new_cid()
+    on_a = await watcher(a, "s1", cid=cid)
+    assert (await send(a, "s1", "m1", "one"))[0] == 202
+    await on_a.wait_for(lambda s: answered(s.session_events("s1"), "one"), 30)
+    seen = on_a.session_events("s1")
+    on_a.cut()
+    assert (await send(a, "s1", "m2", "two"))[0] == 202  # made while the client moves
+    # The proxy sends the same client to b: b has no state for that connection...
+    headers = {"Authorization": f"token {b.token}", "Last-Event-ID": str(on_a.frames[-1].id)}
+    on_b = await EventStream(b.port, f"/chatbridge/api/events?cid={cid}", headers).open()
+    assert on_b.welcome["resumed"] is False
+    # ...so the client watches again after the last seq it showed: seqs are the same
+    # on every process, so it continues exactly where it was.
+    status, _ = await call(
+        b, "POST", "watch", {"sessionId": "s1", "afterSeq": seen[-1]["seq"]},
+        **{"X-Connection-ID": cid},
+    )  # fmt: skip
+    assert status == 200
+    await on_b.wait_for(lambda s: answered(s.session_events("s1"), "two"), 30)
+    assert seen + on_b.session_events("s1") == await history(b, "s1")
+    for stream in (on_a, on_b):
+        await stream.close()
