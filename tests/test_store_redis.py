@@ -82,6 +82,12 @@ def test_open_store_with_a_url_picks_redis_and_names_a_dead_url(redis_url: str) 
         open_store("", url="redis://127.0.0.1:1/0")
 
 
+def test_a_missing_redis_extra_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("jupyter_chatbridge.server.store.redis.redis", None)
+    with pytest.raises(StoreError, match=r"pip install \"jupyter_chatbridge\[redis\]\""):
+        open_store("", url="redis://127.0.0.1:6379/0")
+
+
 async def test_writes_made_while_redis_is_down_are_kept_and_saved_after(
     own_redis: RedisServer,
 ) -> None:

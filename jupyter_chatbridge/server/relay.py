@@ -26,7 +26,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
+try:
+    import redis
+except ImportError:  # pragma: no cover - only a RedisStore, which needs the extra, has a relay
+    redis = None  # type: ignore[assignment]
 
 from ..protocol import CloseCode, DetachReason, ErrorCode, EventType, dumps
 from .errors import BridgeError, session_unknown

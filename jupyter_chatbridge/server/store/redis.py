@@ -75,13 +75,13 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
 
 
 def transient(exc: BaseException) -> bool:
-    """True for a failure that may pass (Redis down, loading, read-only, disk full)."""
+    """True for a failure that may pass (Redis down, loading, read-only, disk or memory full)."""
     if redis is None:
         return False
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(
-        ("MISCONF", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+        ("MISCONF", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "OOM")
     )
 
 
