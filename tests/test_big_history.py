@@ -1,7 +1,8 @@
 """Long conversations on a real server with every default: any history size replays.
 
-A session with 10,000 events or 10 MB of history is watched from seq 0 and
-delivered whole, once, in order; forty connections watching a 5 MB session do
+A session with 10,000 events or 10 MB of history is watched from seq 0 (on the
+event stream, and over the session WebSocket) and delivered whole, once, in
+order; forty connections watching a 5 MB session do
 not cost the server forty copies of it; and a client whose connection expired
 during an outage while a megabyte of history piled up converges instead of
 being dropped as a slow consumer over and over.
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from jupyter_chatbridge.client import AsyncChatClient, ConnectionStatus, StatusChange
 from jupyter_chatbridge.clock import FakeScheduler
@@ -160,7 +162,7 @@ async def read_session_from_zero(server: ServerProcess, session_id: str, last_se
         )
         assert status == 200
         received, tail = 0, b""
-        end = f'"seq": {last_seq},'.encode()
+        end = f'"seq":{last_seq},'.encode()
         while True:
             chunk = await asyncio.wait_for(reader.read(1 << 16), BIG_WAIT)
             assert chunk, f"stream ended after {received} events"
@@ -281,3 +283,28 @@ async def test_an_outage_longer_than_the_ttl_with_a_megabyte_of_new_history_conv
     finally:
         await client.close()
         await proxy.cut()
+
+
+async def test_a_ten_megabyte_session_replays_whole_over_the_websocket(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    await server.start()
+    last_seq = await fill(server, "huge", [one_word(64_000, i) for i in range(80)])
+    _, history = await rest(server, "GET", f"sessions/huge/events?after=0&limit={last_seq}")
+    socket = await websocket_connect(
+        HTTPRequest(
+            f"ws://127.0.0.1:{server.port}/chatbridge/api/sessions/huge/ws?afterSeq=0",
+            headers={"Authorization": f"token {server.token}"},
+        ),
+        max_message_size=1 << 20,
+    )
+    try:
+        received: Events = []
+        while len(received) < last_seq:
+            message = await asyncio.wait_for(socket.read_message(), BIG_WAIT)
+            assert message is not None, f"closed after {len(received)} events"
+            received.append(json.loads(message))
+        assert received == history["events"]
+    finally:
+        socket.close()
