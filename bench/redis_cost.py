@@ -28,6 +28,14 @@ FANOUT_TARGET = 0.8
 SEND_P99_TARGET = 2.0
 
 
+def _column(row: Row, store: str) -> list[float]:
+    """Redis is "ours"; SQLite is the row's baseline (`floor`) column."""
+    if store == "redis":
+        return row.ours
+    assert row.floor is not None
+    return row.floor
+
+
 async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
     """Redis against SQLite, one server process each, alternating which goes first."""
     scenario = "8 redis store"
@@ -62,38 +70,43 @@ async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         redis = RedisServer(Path(tmp))
         redis.start()
-        stores: dict[str, dict[str, object]] = {
-            "redis": {"store_url": redis.url},
-            "sqlite": {"store_path": None},
-        }
+        runs = iter(range(1_000_000))
+
+        def config(store: str) -> dict[str, object]:
+            # A SQLite file of the run's own (a fresh server on a fresh store, like Redis).
+            if store == "redis":
+                return {"store_url": redis.url}
+            return {"store_path": str(Path(tmp) / f"run{next(runs)}.sqlite3")}
+
+        stores = ["redis", "sqlite"]
         try:
             for rep in range(cfg.reps):
-                order = list(stores) if rep % 2 == 0 else list(stores)[::-1]
+                order = stores if rep % 2 == 0 else stores[::-1]
                 for row, (n, events) in zip(fan_rows, cfg.store_fanout, strict=True):
                     for store in order:
 
                         async def fan(store: str = store, n: int = n, events: int = events) -> Any:
                             redis.flushall()
-                            async with fresh("ours", stores[store]) as system:
+                            async with fresh("ours", config(store)) as system:
                                 return await _fanout_measure(
                                     system, n, events, cfg.run_timeout, f"redis N={n}", store
                                 )
 
                         rate, _ = await _guarded(row, store, fan()) or (math.nan, math.nan)
-                        (row.ours if store == "redis" else row.floor or []).append(rate)
+                        _column(row, store).append(rate)
                         log(f"redis rep {rep + 1} fan-out N={n}{X}{events} {store}: {rate:,.0f}/s")
                 for store in order:
 
                     async def send(store: str = store) -> float:
                         redis.flushall()
-                        async with fresh("ours", stores[store]) as system:
+                        async with fresh("ours", config(store)) as system:
                             room = await system.new_room()
                             times = sorted(await _send_latency(system, room, cfg.store_send_trials))
                             return percentile(times, 99)
 
                     value = await _guarded(p99, store, send())
                     value = math.nan if value is None else value
-                    (p99.ours if store == "redis" else p99.floor or []).append(value)
+                    _column(p99, store).append(value)
                     log(f"redis rep {rep + 1} send p99 {store}: {value:.2f} ms")
         finally:
             redis.stop()

@@ -73,6 +73,7 @@ class LeasedRunner(AgentRunner):
     async def _drive(self, session: Session) -> None:
         store = self._relay.store
         token = f"{self._relay.token}:{id(asyncio.current_task()):x}"
+        owned = False
         try:
             try:
                 taken = await asyncio.to_thread(store.take_lease, session.id, token, self._lease_ms)
@@ -80,6 +81,7 @@ class LeasedRunner(AgentRunner):
                 return  # Redis is away: the next sweep tries again
             if not taken:
                 return
+            owned = True
             store.fence[session.id] = token
             store.fenced.discard(session.id)
             renew = asyncio.get_running_loop().create_task(
@@ -96,6 +98,10 @@ class LeasedRunner(AgentRunner):
         finally:
             if self.runs.get(session.id) is asyncio.current_task():
                 del self.runs[session.id]
+            # A message read while this run was letting go found it still running:
+            # try again now rather than at the next sweep.
+            if owned and session.pending and self._relay.holds(session):
+                self.ensure(session)
 
     async def _answer_all(self, session: Session) -> None:
         relay = self._relay

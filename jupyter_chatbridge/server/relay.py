@@ -119,6 +119,10 @@ class RedisRelay:
         with self._lock:
             self._positions[session.id] = session.log.last_seq
 
+    def holds(self, session: Session) -> bool:
+        """True while this process reads the session (it was not deleted)."""
+        return self._tracked.get(session.id) is session
+
     def _untrack(self, session_id: str) -> None:
         self._tracked.pop(session_id, None)
         self._changed.pop(session_id, None)
