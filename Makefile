@@ -18,9 +18,10 @@ run: $(BIN)/python
 	$(BIN)/jupyter server --no-browser --port=$(PORT) --ServerApp.port_retries=0 \
 		--IdentityProvider.token=$(TOKEN) $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# Install the test dependencies (Debian's chromium for the browser tests and nodejs for the
-# page's JavaScript vector tests, when they are missing) and run the whole suite; here a
-# missing browser or node fails those tests instead of skipping them.
+# Install the test dependencies (Debian's chromium for the browser tests, nodejs for the
+# page's JavaScript vector tests and redis-server for the Redis store tests, when they are
+# missing) and run the whole suite; here a missing browser, node or redis-server fails
+# those tests instead of skipping them.
 test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	@if ! command -v node >/dev/null 2>&1; then \
@@ -40,6 +41,16 @@ test: $(BIN)/python
 		else \
 			echo "The browser tests need Debian's chromium at /usr/bin/chromium." >&2; \
 			echo "Install it as root: apt-get update && apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing Debian's redis-server for the Redis store tests"; \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server || exit 1; \
+		else \
+			echo "The Redis store tests need Debian's redis-server." >&2; \
+			echo "Install it as root: apt-get update && apt-get install -y redis-server" >&2; \
 			exit 1; \
 		fi; \
 	fi

@@ -4,6 +4,7 @@
     python -m bench --quick         # a smoke run with small sizes (< 1 minute)
     python -m bench --only fanout   # one scenario (repeatable: --only resume --only send)
     python -m bench --only store    # what the SQLite session store costs against :memory:
+    python -m bench --only redis    # the Redis store against SQLite (needs redis-server)
 
 This process is the reader: every client connection lives here, in one asyncio
 loop, while each server under test runs in a process of its own.
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from .report import Row, machine_description, text_table, write_results
-from .scenarios import FULL, LOAD, QUICK, SCENARIOS, Config
+from .scenarios import FULL, LOAD, OPT_IN, QUICK, SCENARIOS, Config
 from .servers import OURS_CONFIG, ServerPool, apply_ours_overrides, stop_all, store_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
     if args.reps:
         cfg = Config(**{**cfg.__dict__, "reps": max(1, args.reps)})
-    names = args.only or list(SCENARIOS)
+    names = args.only or [name for name in SCENARIOS if name not in OPT_IN]
     overrides = apply_ours_overrides(args.ours_config)
     limit = args.time_limit or (120.0 if args.quick else 590.0)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

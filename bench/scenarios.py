@@ -1012,6 +1012,13 @@ async def store_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
     return [*out, user50, user99, p50, p99]
 
 
+async def redis_store(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
+    """The Redis store against SQLite (bench/redis_cost.py; imported here, on use)."""
+    from .redis_cost import redis_rows
+
+    return await redis_rows(cfg, pool)
+
+
 SCENARIOS: dict[str, Callable[[Config, ServerPool], Any]] = {
     "fanout": fanout,
     "latency": latency,
@@ -1020,4 +1027,7 @@ SCENARIOS: dict[str, Callable[[Config, ServerPool], Any]] = {
     "send": send_path,
     "giveup": give_up,
     "store": store_rows,
+    "redis": redis_store,
 }
+OPT_IN = {"redis"}
+"""Scenarios only `--only` runs (the full suite's time budget leaves them out)."""

@@ -67,7 +67,10 @@ def default_store_file(data_dir: Path, root_dir: Path) -> Path:
 
 def store_text(config: dict[str, object] | None = None) -> str:
     """Which session store a chatbridge server with this config runs on, in words."""
-    path = (OURS_CONFIG if config is None else config).get("store_path")
+    config = OURS_CONFIG if config is None else config
+    if config.get("store_url"):
+        return f"a Redis store at store_url={config['store_url']}"
+    path = config.get("store_path")
     if path is None:
         return (
             "the default SQLite store: sessions.sqlite3 in a fresh temporary "
@@ -189,7 +192,7 @@ class ServerProcess:
     def check_store(self) -> None:
         """On the default store, the SQLite file must be in this server's temporary data
         dir: the bench never writes to the user's real ~/.local/share/jupyter."""
-        if self.kind != "ours" or "store_path" in self.config:
+        if self.kind != "ours" or "store_path" in self.config or "store_url" in self.config:
             return
         expected = default_store_file(self.data_dir, self.tmp)  # the root dir is self.tmp
         if not expected.is_file():

@@ -11,11 +11,12 @@ from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
-from jupyter_chatbridge.server.store import MemoryStore, SessionStore, SqliteStore
+from jupyter_chatbridge.server.store import SessionStore
 from jupyter_chatbridge.testing.seam import install_fault_seam
 
 from .fake_openai import FakeOpenAI
-from .store_support import StoreFactory
+from .redis_support import RedisServer
+from .store_support import StoreFactory, store_factory
 from .support import Api, StreamFactory
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -104,27 +105,37 @@ def fake_openai(jp_asyncio_loop: Any) -> Iterator[FakeOpenAI]:
     jp_asyncio_loop.run_until_complete(fake.stop())
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="session")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole run (tests/redis_support.py), stopped by pid."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(shared_redis: RedisServer) -> str:
+    """The URL of an empty Redis (the shared server, flushed for this test)."""
+    shared_redis.flushall()
+    return shared_redis.url
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and start again."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Makes the store under test; SQLite ones share one file, so each must be closed
-    before the next is made (a second open store on a file is refused)."""
-    made: list[SessionStore] = []
-    memory = MemoryStore()
-
-    def make() -> SessionStore:
-        store: SessionStore
-        if request.param == "memory":
-            # "Reopening" memory: a new store over the same data, as a file would be.
-            store = MemoryStore()
-            store._sessions = memory._sessions
-        else:
-            store = SqliteStore(tmp_path / "data" / "sessions.sqlite3")
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.close()
+    """Makes the store under test (the shared contract: every kind); SQLite ones share
+    one file, so each must be closed before the next is made."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    yield from store_factory(request.param, tmp_path, url)
 
 
 @pytest.fixture

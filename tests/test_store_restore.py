@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +23,16 @@ from jupyter_chatbridge.server.bridge import (
 )
 from jupyter_chatbridge.server.store import SessionStore, StoreError
 
-from .store_support import StoreFactory, by_id
+from .store_support import StoreFactory, by_id, store_factory
 from .support import Api, eventually
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """One process's stores: a Redis store restores across processes instead (the
+    relay and leases; test_redis_servers.py)."""
+    yield from store_factory(request.param, tmp_path)
+
 
 # -- restore: a new bridge on what an old one stored ------------------------------------------
 

@@ -69,6 +69,13 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         f'"{MEMORY}" keeps everything in memory only (lost on restart). '
         "To start over, stop the server and delete the file (and its -wal/-shm companions).",
     ).tag(config=True)
+    store_url = Unicode(
+        "",
+        help='A Redis URL ("redis://host:port/db", needs jupyter_chatbridge[redis]): keep '
+        "sessions, their events, send receipts and settings in that Redis, shared by every "
+        "server process configured with it (see the README, Deployment with Redis). "
+        "When set, store_path is not used.",
+    ).tag(config=True)
     freeze_gc_after_start = Bool(
         True,
         help="Call gc.freeze() once the server has started, so that full garbage "
@@ -99,7 +106,9 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         try:
             # A store that cannot be read or written stops the extension from loading
             # (jupyter_server logs why): it must never start empty over existing data.
-            store = open_store(self.store_path)
+            store = open_store(
+                self.store_path, self.store_url, max_events=limits_from(self).max_session_events
+            )
         except StoreLocked as exc:
             # Another live server holds it: load anyway, so every endpoint says so (503).
             self.log.error("%s", exc)

@@ -25,8 +25,10 @@ from ..protocol import CloseCode
 from .connections import ConnectionService
 from .errors import BridgeError
 from .fanout import Fanout, FrameSink, SessionSocket
+from .leases import LeasedRunner
 from .limits import BridgeLimits
 from .recovery import INTERRUPTED_MESSAGE, recover
+from .relay import RedisRelay
 from .runner import AgentFactory, AgentRunner
 from .sessions import MAX_SETTINGS_BYTES, SendResult, SessionService
 from .state import (
@@ -38,6 +40,7 @@ from .state import (
     StreamRegistry,
 )
 from .store import MemoryStore, SessionStore
+from .store.redis import RedisStore
 
 __all__ = [
     "INTERRUPTED_MESSAGE",
@@ -83,7 +86,25 @@ class ChatBridge:
         self.fanout = Fanout(
             self.connections, self.streams, self.sessions, store, scheduler, self.log
         )
-        self.runner = AgentRunner(self.fanout, agent_factory, self.log)
+        self.relay: RedisRelay | None = None
+        self.runner: AgentRunner
+        if isinstance(store, RedisStore):
+            # Many processes on one Redis: seqs from Redis, events shown as read back,
+            # one agent run per session under a lease (relay.py, leases.py).
+            self.relay = RedisRelay(
+                store,
+                self.sessions,
+                self.fanout,
+                scheduler.now,
+                limits.max_receipts_per_session,
+                self.log,
+            )
+            self.fanout.relay = self.relay
+            self.runner = LeasedRunner(
+                self.fanout, agent_factory, self.log, self.relay, limits.agent_lease_seconds
+            )
+        else:
+            self.runner = AgentRunner(self.fanout, agent_factory, self.log)
         self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
         )
@@ -96,6 +117,7 @@ class ChatBridge:
             scheduler,
             store,
         )
+        self.session_service.relay = self.relay
 
     @property
     def store(self) -> SessionStore:
@@ -243,6 +265,12 @@ class ChatBridge:
         start with `start_restored_runs`.
         """
         stored_sessions = self.store.load()
+        if self.relay is not None:
+            # Shared sessions: each is held and read from Redis; a cut answer is closed
+            # by whichever process takes the session's lease (leases.py).
+            for stored in stored_sessions:
+                self.relay.discover(stored.id)
+            return len(stored_sessions)
         for stored in stored_sessions:
             session = self.sessions.restore(
                 stored.id,
@@ -275,11 +303,15 @@ class ChatBridge:
         """Show a restore's closing events and start answering what restored sessions
         had queued (needs a running loop)."""
         self.fanout.start()
+        if self.relay is not None:
+            self.relay.start()
         self.runner.start_waiting(self.sessions)
 
     async def shutdown(self) -> None:
         """Stop every agent run and end every stream and socket."""
         await self.runner.stop()
+        if self.relay is not None:
+            self.relay.stop()
         await self.fanout.stop()
         self.fanout.end_all(CloseCode.GOING_AWAY, "server stopping")
         await self.runner.close_agents(self.sessions)

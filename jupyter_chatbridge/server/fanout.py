@@ -94,9 +94,14 @@ class Fanout:
         self._unshown: list[_Unshown] = []
         self._committing = False  # a batch is taken from `_unshown` and being committed
         self._pump: asyncio.Task[None] | None = None
+        self.relay: Any = None
+        """With a Redis store, the `RedisRelay`: Redis assigns seqs, and events are
+        shown when the relay reads them back (relay.py)."""
 
     def publish(self, session: Session, event_type: str, fields: dict[str, Any]) -> LoggedEvent:
         """Log a session event (the log feeds the store); show it once it is durable."""
+        if self.relay is not None:
+            return self.relay.publish(session, event_type, fields)  # type: ignore[no-any-return]
         event = session.log.append(event_type, fields)
         if self.store.commits_immediately and not self._unshown and not self._committing:
             self._show(session, event)
@@ -169,6 +174,10 @@ class Fanout:
             if failing:
                 self._log.warning("chatbridge: the store commits again; showing waiting events")
             return True
+
+    def show(self, session: Session, event: LoggedEvent) -> None:
+        """Show an event that is durable already (the relay read it back from Redis)."""
+        self._show(session, event)
 
     def _show(self, session: Session, event: LoggedEvent) -> None:
         session.log.shown_seq = event.seq

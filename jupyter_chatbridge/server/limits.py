@@ -51,6 +51,12 @@ class BridgeLimits:
         "Unsent bytes an event stream may queue for a client that stopped reading; "
         "past this the stream is dropped (the client resumes with Last-Event-ID).",
     )
+    agent_lease_seconds: float = _limit(
+        10.0,
+        "With a Redis store (store_url): how long a process's claim on a session's agent "
+        "run lasts unless renewed. When that process dies, another one closes its cut "
+        "answer as interrupted and answers the queued messages within about this time.",
+    )
     busy_retry_after: int = _limit(
         1, "Seconds a refused client is told to wait (Retry-After) after a 429 or 503 busy."
     )

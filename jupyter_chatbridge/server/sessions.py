@@ -87,6 +87,9 @@ class SessionService:
         self._limits = limits
         self._scheduler = scheduler
         self.store = store
+        self.relay: Any = None
+        """With a Redis store, the `RedisRelay` (relay.py): sessions other processes
+        created are found there, and sends and deletes go through Redis."""
 
     # -- sessions -----------------------------------------------------------------
 
@@ -94,6 +97,8 @@ class SessionService:
         """The session, or a 404 `session_unknown`."""
         session = self._sessions.get(session_id)
         if session is None:
+            if self.relay is not None:
+                return self.relay.discover(session_id)  # type: ignore[no-any-return]
             raise session_unknown(session_id)
         return session
 
@@ -109,9 +114,12 @@ class SessionService:
                 429, ErrorCode.BUSY, f"too many sessions (limit {self._limits.max_sessions})"
             )
         try:
-            return self._sessions.create(
+            session = self._sessions.create(
                 session_id or f"s-{uuid.uuid4().hex[:12]}", self._scheduler.now(), settings
             )
+            if self.relay is not None:
+                self.relay.track(session)
+            return session
         except SessionExists:
             raise BridgeError(
                 409, ErrorCode.SESSION_EXISTS, f"session {session_id!r} already exists"
@@ -121,6 +129,9 @@ class SessionService:
         """End a session: stop its agent, tell watchers and driver, close its sockets."""
         session = self.session(session_id)
         self._runner.cancel(session)
+        if self.relay is not None:
+            self.relay.end(session)  # its end is shown, here too, when read back from Redis
+            return
         ended = self._fanout.publish(session, EventType.SESSION_ENDED, {})
         driver = session.driver
         if driver is not None:
@@ -167,6 +178,8 @@ class SessionService:
         previous = self._sessions.attach(session, connection.id)
         if previous is not None:
             self._fanout.notify_detached(previous, session_id, DetachReason.TAKEN_OVER)
+        if self.relay is not None:
+            self.relay.claim_driver(session, connection.id)  # a driver elsewhere is told
         return client_id(connection.id, session_id)
 
     def detach(self, connection: Connection, session_id: str) -> None:
@@ -193,7 +206,26 @@ class SessionService:
         and belongs to `owner`: nobody can speak as another user's connection.
         Nothing is durable yet: `send_durably` is what a handler answers with.
         """
+        if self.relay is not None:
+            raise RuntimeError("with a Redis store, Redis assigns the seq: use send_durably")
         session = self.session(session_id)
+        self._check_message(text)
+        receipt = session.log.receipt(client_msg_id) or session.log.resubmit(client_msg_id)
+        if receipt is not None:
+            return SendResult(receipt, duplicate=True)
+        self._check_room(session)
+        sender = self._connections.sender(connection_id, owner)
+        event = self._fanout.publish(
+            session,
+            EventType.USER_MESSAGE,
+            {"clientMsgId": client_msg_id, "text": text, "connectionId": sender},
+        )
+        receipt = session.log.accept(event, client_msg_id)
+        session.pending.append(PendingInput(event.seq, client_msg_id, text, sender))
+        self._runner.ensure(session)
+        return SendResult(receipt, duplicate=False)
+
+    def _check_message(self, text: str) -> None:
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"): not text
@@ -206,26 +238,15 @@ class SessionService:
                 ErrorCode.TOO_LARGE,
                 f"message text is over {self._limits.max_message_bytes} bytes",
             )
-        receipt = session.log.receipt(client_msg_id) or session.log.resubmit(client_msg_id)
-        if receipt is not None:
-            return SendResult(receipt, duplicate=True)
+
+    def _check_room(self, session: Session) -> None:
         if len(session.pending) >= self._limits.max_pending_inputs:
             raise BridgeError(
                 429,
                 ErrorCode.BUSY,
-                f"session {session_id!r} has {len(session.pending)} messages waiting; retry later",
+                f"session {session.id!r} has {len(session.pending)} messages waiting; retry later",
                 retry_after=self._limits.busy_retry_after,
             )
-        sender = self._connections.sender(connection_id, owner)
-        event = self._fanout.publish(
-            session,
-            EventType.USER_MESSAGE,
-            {"clientMsgId": client_msg_id, "text": text, "connectionId": sender},
-        )
-        receipt = session.log.accept(event, client_msg_id)
-        session.pending.append(PendingInput(event.seq, client_msg_id, text, sender))
-        self._runner.ensure(session)
-        return SendResult(receipt, duplicate=False)
 
     async def send_durably(
         self,
@@ -241,6 +262,10 @@ class SessionService:
         `duplicate: true` about a message the store may not hold; the retry writes
         it again (same seq) and is answered once that commit succeeds.
         """
+        if self.relay is not None:
+            return await self._send_through_redis(
+                session_id, client_msg_id, text, connection_id, owner
+            )
         result = self.send(session_id, client_msg_id, text, connection_id, owner)
         log = self.session(session_id).log
         try:
@@ -254,6 +279,23 @@ class SessionService:
             # Another request's commit of these writes failed meanwhile and retracted them.
             raise self._not_durable("the store failed to save this message; retry it")
         return result
+
+    async def _send_through_redis(
+        self,
+        session_id: str,
+        client_msg_id: str,
+        text: str,
+        connection_id: str | None,
+        owner: str | None,
+    ) -> SendResult:
+        """A send with a Redis store: Redis checks the receipt and assigns the seq at once,
+        so the same clientMsgId sent to two processes is accepted once."""
+        session = self.session(session_id)
+        self._check_message(text)
+        self._check_room(session)
+        sender = self._connections.sender(connection_id, owner)
+        seq, duplicate = await self.relay.send(session, client_msg_id, text, sender)
+        return SendResult(SendReceipt(session_id, client_msg_id, seq), duplicate)
 
     async def commit(self) -> None:
         """Wait until everything so far is durable; any store failure is a 503 busy."""

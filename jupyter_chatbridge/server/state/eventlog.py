@@ -180,6 +180,12 @@ class EventLog:
             self._report_trim()
         return event
 
+    def ingest(self, event: LoggedEvent) -> None:
+        """Add an event another writer logged with its seq (read back from a shared
+        store, which holds it already): nothing goes to the sink, and it is shown."""
+        self._events.append(event)
+        self._last_seq = self.shown_seq = event.seq
+
     def after(self, seq: int, limit: int | None = None) -> list[LoggedEvent]:
         """Events with seq > `seq`, oldest first, at most `limit` of them (shown or not)."""
         return self._between(seq, self._last_seq, limit)

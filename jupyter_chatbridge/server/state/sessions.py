@@ -148,12 +148,16 @@ class SessionRegistry:
         self._sessions[session_id] = session
         return session
 
-    def delete(self, session_id: str) -> Session | None:
-        """Remove a session and every relation to it; returns it for the caller to notify."""
+    def delete(self, session_id: str, *, durable: bool = True) -> Session | None:
+        """Remove a session and every relation to it; returns it for the caller to notify.
+
+        `durable=False` leaves the sink alone (a shared store deleted it already).
+        """
         session = self._sessions.pop(session_id, None)
         if session is None:
             return None
-        self._sink.delete_session(session_id)
+        if durable:
+            self._sink.delete_session(session_id)
         for connection_id in session.watchers:
             self._discard(self._watching, connection_id, session_id)
         if session.driver is not None:

@@ -1,8 +1,9 @@
-"""The durable session store: `SessionStore` (base), `MemoryStore`, `SqliteStore`.
+"""The durable session store: `SessionStore` (base), `MemoryStore`, `SqliteStore`, `RedisStore`.
 
 `base` holds the protocol every store keeps and its errors; `memory` the
 in-process store; `sqlite` the file store and its writer thread; `lock` the
-one-server-per-file lock.
+one-server-per-file lock; `redis` the store many server processes share
+(`redis_scripts` its atomic writes).
 """
 
 from __future__ import annotations
@@ -28,8 +29,13 @@ __all__ = [
 ]
 
 
-def open_store(path: str | Path) -> SessionStore:
-    """The store for `c.ChatBridgeApp.store_path`: `":memory:"` or a SQLite file."""
+def open_store(path: str | Path, url: str = "", max_events: int = 10_000) -> SessionStore:
+    """The store for `c.ChatBridgeApp.store_url` (a Redis URL) if set, else for
+    `store_path`: `":memory:"` or a SQLite file."""
+    if url:
+        from .redis import RedisStore  # the optional extra: imported only when chosen
+
+        return RedisStore(url, max_events=max_events)
     if str(path) == MEMORY:
         return MemoryStore()
     return SqliteStore(path)

@@ -1,0 +1,141 @@
+"""One agent run per session across processes: a lease in Redis, with a fencing token.
+
+A process answers a session's messages only while it holds the session's lease
+(`SET key token NX PX ms`, renewed every third of its time). Every append of the
+run carries the token, and Redis refuses one whose token no longer holds the
+lease (redis_scripts.APPEND_NEXT), so an owner that was paused or cut off past
+its lease cannot write into the session after another process took it over.
+
+Each process sweeps its sessions every `SWEEP_INTERVAL`: one with a message to
+answer, or an answer left open, and no live owner, is taken over. The new owner
+closes an answer its dead owner left open as interrupted (`recovery.recover`, the
+same rule as a restart) and answers what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from .fanout import Fanout
+from .recovery import recover
+from .relay import RedisRelay
+from .runner import AgentFactory, AgentRunner
+from .state import Session
+
+# Seconds between two sweeps for sessions nobody answers.
+SWEEP_INTERVAL = 1.0
+
+
+class LeasedRunner(AgentRunner):
+    """An `AgentRunner` that runs a session only while it holds the session's lease."""
+
+    def __init__(
+        self,
+        fanout: Fanout,
+        agent_factory: AgentFactory,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+        relay: RedisRelay,
+        lease_seconds: float,
+    ) -> None:
+        super().__init__(fanout, agent_factory, log)
+        self._relay = relay
+        self._lease_ms = max(100, int(lease_seconds * 1000))
+        self._sweeper: asyncio.Task[None] | None = None
+        relay.on_input = self.ensure
+
+    def start_waiting(self, sessions: Any) -> None:
+        """Sweep for sessions to answer from now on (restored ones included)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await super().stop()
+
+    def ensure(self, session: Session) -> None:
+        """Try to take the session's lease and answer it (nothing if another has it)."""
+        if session.id not in self.runs:
+            self.runs[session.id] = asyncio.get_running_loop().create_task(self._drive(session))
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            for session in self._relay.needs_owner():
+                self.ensure(session)
+
+    async def _drive(self, session: Session) -> None:
+        store = self._relay.store
+        token = f"{self._relay.token}:{id(asyncio.current_task()):x}"
+        owned = False
+        try:
+            try:
+                taken = await asyncio.to_thread(store.take_lease, session.id, token, self._lease_ms)
+            except Exception:
+                return  # Redis is away: the next sweep tries again
+            if not taken:
+                return
+            owned = True
+            store.fence[session.id] = token
+            store.fenced.discard(session.id)
+            renew = asyncio.get_running_loop().create_task(
+                self._renew(session, token, asyncio.current_task())
+            )
+            try:
+                await self._answer_all(session)
+            finally:
+                renew.cancel()
+                session.running = False
+                store.fence.pop(session.id, None)
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(store.release_lease, session.id, token)
+        finally:
+            if self.runs.get(session.id) is asyncio.current_task():
+                del self.runs[session.id]
+            # A message read while this run was letting go found it still running:
+            # try again now rather than at the next sweep.
+            if owned and session.pending and self._relay.holds(session):
+                self.ensure(session)
+
+    async def _answer_all(self, session: Session) -> None:
+        relay = self._relay
+        while session.id not in relay.store.fenced:
+            # Everything Redis holds first: a stale view would answer a message twice.
+            await relay.caught_up(session)
+            recovery = recover(session.log.after(0))
+            if recovery.cut_answer is not None:
+                self._log.warning(
+                    "chatbridge: session %s: closing answer %s, its process stopped",
+                    session.id,
+                    recovery.cut_answer,
+                )
+                for event_type, fields in recovery.append:
+                    self._fanout.publish(session, event_type, fields)
+                continue
+            if not recovery.requeue:
+                return
+            session.running = True
+            await self._answer(session, recovery.requeue[0])
+
+    async def _renew(self, session: Session, token: str, run: asyncio.Task[Any] | None) -> None:
+        store = self._relay.store
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                held = await asyncio.to_thread(store.renew_lease, session.id, token, self._lease_ms)
+            except Exception:
+                continue  # Redis is away: the fence stops us if another took over meanwhile
+            if not held:
+                self._log.warning(
+                    "chatbridge: session %s: lease lost; stopping its run", session.id
+                )
+                store.fenced.add(session.id)
+                if run is not None:
+                    run.cancel()
+                return

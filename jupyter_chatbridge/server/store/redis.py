@@ -1,0 +1,431 @@
+"""`RedisStore`: sessions in Redis, shared by every server process on it.
+
+Selected by `c.ChatBridgeApp.store_url = "redis://host:port/db"`. Writes keep the
+store contract of `SqliteStore`: each is one `queue.put` on the event loop, and one
+writer thread sends whatever has queued up as one pipeline of Lua scripts (one
+round trip, one fsync with `appendfsync always`); `flush()` is the barrier a
+caller awaits before promising durability. Each write is a script (redis_scripts),
+so it is atomic on the server and may be sent again after a lost reply.
+
+The writer uses redis-py's blocking client in its own thread, as `SqliteStore`
+does with its connection: `close()` is synchronous in the store protocol and
+must commit what is queued, which an asyncio client on a stopping loop cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..state import LoggedEvent, SendReceipt
+from . import redis_scripts
+from .base import StoredSession, StoreError
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - the extra is missing: open_store says so
+    redis = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "chatbridge"
+"""The key prefix: several deployments may share one Redis with their own prefix."""
+
+# The writer lets writes with nobody waiting gather this long before it sends them;
+# a flush (a send waiting for its 202) or close sends at once.
+GROUP_COMMIT_WINDOW = 0.01
+
+# Writes kept for the next attempt while Redis is unreachable; past this many the
+# oldest are dropped, loudly.
+MAX_BACKLOG = 200_000
+
+# Seconds a command may take before the writer counts Redis as unreachable.
+SOCKET_TIMEOUT = 5.0
+
+MISSING_EXTRA = (
+    "c.ChatBridgeApp.store_url names a Redis store, but the redis package is not "
+    'installed: pip install "jupyter_chatbridge[redis]"'
+)
+
+
+@dataclass(frozen=True)
+class _Barrier:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+_Write = tuple[str, Any]  # (kind, (keys, args))
+_STOP = object()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a failure that may pass (Redis down, loading, read-only, disk or memory full)."""
+    if redis is None:
+        return False
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(
+        ("MISCONF", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "OOM")
+    )
+
+
+class RedisKeys:
+    """The key names of one deployment (one prefix) on one Redis."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.sessions = f"{prefix}:sessions"
+        self.order = f"{prefix}:order"
+        self.notices = f"{prefix}:notices"
+        """A stream of what every process must hear of: sessions created, take-overs."""
+
+    def meta(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}"
+
+    def events(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:events"
+
+    def receipts(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:receipts"
+
+    def lease(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:lease"
+
+    def writers(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:writers"
+
+    def driver(self, session_id: str) -> str:
+        return f"{self.prefix}:s:{session_id}:driver"
+
+
+class RedisStore:
+    """Sessions in Redis: the same contract as `SqliteStore`, shared across processes.
+
+    Opening pings Redis and writes one key, so a server never starts on a Redis it
+    cannot use; any failure is a `StoreError` naming the URL.
+    """
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, max_events: int = 10_000) -> None:
+        if redis is None:
+            raise StoreError(MISSING_EXTRA)
+        self.url = url
+        self.description = f"Redis {url} (key prefix {prefix!r})"
+        self.commits_immediately = False
+        self.keys = RedisKeys(prefix)
+        self._max_events = max(1, max_events)
+        self.fence: dict[str, str] = {}
+        """The lease token to check on each append, by session (empty: unfenced)."""
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._wake = threading.Event()
+        self.client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_TIMEOUT,
+        )
+        self._scripts = {
+            "append": self.client.register_script(redis_scripts.APPEND),
+            "remember": self.client.register_script(redis_scripts.REMEMBER),
+            "create": self.client.register_script(redis_scripts.CREATE),
+            "delete": self.client.register_script(redis_scripts.DELETE),
+            "trim": self.client.register_script(redis_scripts.TRIM),
+            "append_next": self.client.register_script(redis_scripts.APPEND_NEXT),
+            "end": self.client.register_script(redis_scripts.END),
+            "send": self.client.register_script(redis_scripts.SEND),
+            "renew": self.client.register_script(redis_scripts.LEASE_RENEW),
+            "release": self.client.register_script(redis_scripts.LEASE_RELEASE),
+            "drive": self.client.register_script(redis_scripts.DRIVE),
+        }
+        self.fenced: set[str] = set()
+        """Sessions whose appends were refused by their fence (another process took over)."""
+        try:
+            self.client.ping()
+            self.client.set(f"{prefix}:schema", "1")
+        except redis.RedisError as exc:
+            self.client.close()
+            raise self._fail("cannot be used", exc) from exc
+        self._thread = threading.Thread(
+            target=self._run, name="chatbridge-store:redis", daemon=True
+        )
+        self._thread.start()
+
+    def _fail(self, problem: str, cause: BaseException) -> StoreError:
+        return StoreError(
+            f"chatbridge session store {self.url}: {problem} ({cause}). Check that Redis "
+            "runs there, or set c.ChatBridgeApp.store_url to another one."
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def load(self) -> list[StoredSession]:
+        """Every stored session with its retained events and receipts, in creation order."""
+        try:
+            ids = [str(i) for i in self.client.zrange(self.keys.sessions, 0, -1)]
+            pipe = self.client.pipeline(transaction=False)
+            for session_id in ids:
+                pipe.hgetall(self.keys.meta(session_id))
+                pipe.xrange(self.keys.events(session_id))
+                pipe.zrange(self.keys.receipts(session_id), 0, -1, withscores=True)
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise self._fail("could not be read", exc) from exc
+        stored: list[StoredSession] = []
+        for index, session_id in enumerate(ids):
+            meta, entries, receipts = replies[3 * index : 3 * index + 3]
+            if not meta:
+                continue
+            session = StoredSession(
+                session_id, float(meta["created"]), json.loads(meta["settings"])
+            )
+            session.events = [
+                LoggedEvent(int(entry_id.split("-")[0]), fields["t"], fields["d"])
+                for entry_id, fields in entries
+            ]
+            session.last_seq = int(meta.get("seq", 0))
+            session.receipts = [
+                SendReceipt(session_id, client_msg_id, int(seq)) for client_msg_id, seq in receipts
+            ]
+            stored.append(session)
+        return stored
+
+    # -- writing (on the event loop: one queue.put each) ------------------------------------
+
+    def create_session(self, session_id: str, created: float, settings: dict[str, Any]) -> None:
+        """Queue: record a new, empty session."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
+        args = [session_id, repr(created), json.dumps(settings), uuid.uuid4().hex]
+        self._put(("create", ([*keys, k.sessions, k.order, k.notices], args)))
+
+    def delete_session(self, session_id: str) -> None:
+        """Queue: remove every key of the session."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id), k.sessions]
+        self._put(("delete", (keys, [session_id])))
+
+    def append(self, session_id: str, event: LoggedEvent) -> None:
+        """Queue: record one event at its seq (refused if another process took that seq)."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.lease(session_id)]
+        fence = self.fence.get(session_id, "")
+        args = [event.seq, event.type, event.data, self._max_events, fence]
+        self._put(("append", (keys, args)))
+
+    def remember(self, receipt: SendReceipt) -> None:
+        """Queue: record one receipt."""
+        k = self.keys
+        keys = [k.meta(receipt.session_id), k.receipts(receipt.session_id)]
+        self._put(("remember", (keys, [receipt.client_msg_id, receipt.seq])))
+
+    def trim(self, session_id: str, first_event_seq: int, first_receipt_seq: int) -> None:
+        """Queue: forget old events (never the newest) and old receipts."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
+        self._put(("trim", (keys, [first_event_seq, first_receipt_seq])))
+
+    async def flush(self) -> None:
+        """Resolve when every write queued before this call is in Redis (or raise)."""
+        loop = asyncio.get_running_loop()
+        barrier = _Barrier(loop, loop.create_future())
+        self._put(barrier)
+        self._wake.set()
+        await barrier.future
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
+    def close(self) -> None:
+        """Send everything queued, stop the writer thread; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+            self._wake.set()
+        self._thread.join()
+        self.client.close()
+
+    def _put(self, item: Any) -> None:
+        if self._closed:
+            if isinstance(item, _Barrier):
+                raise StoreError(f"chatbridge session store {self.url} is closed")
+            log.warning("chatbridge: session store closed; dropped a %s write", item[0])
+            return
+        self._queue.put(item)
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        backlog: list[_Write] = []
+        stopping = False
+        failing = False
+        while not stopping:
+            batch = [self._queue.get()]
+            if not isinstance(batch[0], _Barrier) and batch[0] is not _STOP:
+                self._wake.wait(GROUP_COMMIT_WINDOW)
+            self._wake.clear()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._queue.get_nowait())
+            writes = backlog
+            barriers: list[_Barrier] = []
+            for item in batch:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, _Barrier):
+                    barriers.append(item)
+                else:
+                    writes.append(item)
+            error: StoreError | None = None
+            try:
+                self._commit(writes)
+                backlog = []
+                if failing:
+                    log.warning("chatbridge: session store %s answers again", self.url)
+                failing = False
+            except Exception as exc:
+                if transient(exc):
+                    # Every write is idempotent: the whole backlog is sent again, in order.
+                    error = StoreError(
+                        f"chatbridge session store {self.url}: could not save {len(writes)} "
+                        f"writes ({exc}); they will be tried again"
+                    )
+                    if not failing:  # once per outage, not once per attempt
+                        log.error("%s", error)
+                    failing = True
+                    if len(writes) > MAX_BACKLOG:
+                        log.error(
+                            "chatbridge: session store %s: dropping %d unsaved writes",
+                            self.url,
+                            len(writes) - MAX_BACKLOG,
+                        )
+                    backlog = writes[-MAX_BACKLOG:]
+                else:
+                    # A conflict or a fence (another process writes this session), or a
+                    # bug: retrying would block every later write, so the batch is dropped.
+                    error = StoreError(
+                        f"chatbridge session store {self.url}: dropped {len(writes)} writes "
+                        f"that cannot be saved ({type(exc).__name__}: {exc})"
+                    )
+                    log.error("%s", error)
+                    backlog = []
+            for barrier in barriers:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    barrier.loop.call_soon_threadsafe(_settle, barrier.future, error)
+        if backlog:
+            log.error(
+                "chatbridge: session store %s closed with %d unsaved writes", self.url, len(backlog)
+            )
+
+    def _commit(self, writes: list[_Write]) -> None:
+        if not writes:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for kind, (keys, args) in writes:
+            self._scripts[kind](keys=keys, args=args, client=pipe)
+        problems: list[str] = []
+        for (kind, (keys, _args)), reply in zip(
+            writes, pipe.execute(raise_on_error=False), strict=True
+        ):
+            if not isinstance(reply, Exception):
+                continue
+            if transient(reply):
+                raise reply
+            if str(reply).startswith("CHATBRIDGE_FENCED"):
+                # Only that session's owner stops; every other write of the batch stands.
+                self.fenced.add(keys[0].split(":s:", 1)[1])
+                continue
+            problems.append(f"{kind}: {reply}")
+        if problems:
+            raise StoreError("; ".join(problems[:3]))
+
+    # -- many processes (redis_scripts: Redis assigns the seq) --------------------------------
+
+    def append_next(
+        self, session_id: str, head: str, tail: str, event_type: str, writer: str, counter: int
+    ) -> None:
+        """Queue: an event at the session's next seq (data = head + seq + tail)."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.lease(session_id)]
+        keys.append(k.writers(session_id))
+        fence = self.fence.get(session_id, "")
+        args = [head, tail, event_type, self._max_events, fence, writer, counter]
+        self._put(("append_next", (keys, args)))
+
+    def end(self, session_id: str, head: str, tail: str, linger: int = 300) -> None:
+        """Queue: the session's `session_ended` event, then the session is gone."""
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id), k.sessions]
+        keys.append(k.lease(session_id))
+        keys.append(k.driver(session_id))
+        self._put(("end", (keys, [session_id, head, tail, linger])))
+
+    def claim_driver(self, session_id: str, connection_id: str) -> None:
+        """Queue: this connection drives the session now (the previous one is told)."""
+        keys = [self.keys.driver(session_id), self.keys.notices]
+        self._put(("drive", (keys, [connection_id, session_id])))
+
+    def send_message(
+        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
+    ) -> tuple[int, bool]:
+        """A user message once per clientMsgId (blocking: run it off the loop).
+
+        Returns (seq, duplicate); seq 0 when the session is gone.
+        """
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
+        args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
+        seq, duplicate = self._scripts["send"](keys=keys, args=args)
+        return int(seq), bool(duplicate)
+
+    def take_lease(self, session_id: str, token: str, ms: int) -> bool:
+        """Blocking: become the session's agent owner if nobody is (SET NX PX)."""
+        return bool(self.client.set(self.keys.lease(session_id), token, nx=True, px=ms))
+
+    def renew_lease(self, session_id: str, token: str, ms: int) -> bool:
+        """Blocking: keep the lease; False if it was lost (expired and taken)."""
+        return bool(self._scripts["renew"](keys=[self.keys.lease(session_id)], args=[token, ms]))
+
+    def release_lease(self, session_id: str, token: str) -> None:
+        """Blocking: let go of the lease if this token still holds it."""
+        self._scripts["release"](keys=[self.keys.lease(session_id)], args=[token])
+
+    def last_seq(self, session_id: str) -> int:
+        """Blocking: the session's newest seq in Redis (0 if it is gone)."""
+        return int(self.client.hget(self.keys.meta(session_id), "seq") or 0)
+
+    def load_one(self, session_id: str) -> StoredSession | None:
+        """Blocking: one session as stored, or None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.meta(session_id))
+        pipe.xrange(self.keys.events(session_id))
+        meta, entries = pipe.execute()
+        if not meta:
+            return None
+        session = StoredSession(session_id, float(meta["created"]), json.loads(meta["settings"]))
+        session.events = [
+            LoggedEvent(int(entry_id.split("-")[0]), fields["t"], fields["d"])
+            for entry_id, fields in entries
+        ]
+        session.last_seq = int(meta.get("seq", 0))
+        return session
