@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..clock import Scheduler, sleep
 from ..protocol import EventType, dumps, sse_payload
+from .metrics import NO_METRICS, BridgeMetrics
 from .state import Connection, ConnectionRegistry, LoggedEvent, Session, StreamRegistry
 from .store import SessionStore
 
@@ -56,6 +57,8 @@ class SessionSocket(Protocol):
 
 class Fanout:
     """Publishes session events to watchers' streams and session sockets."""
+
+    metrics: BridgeMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -166,11 +169,13 @@ class Fanout:
         if sockets:
             for socket in sockets:
                 socket.send_event(event.data)
+        self.metrics.record_shown(len(session.watchers) + (len(sockets) if sockets else 0))
 
     def replay(self, connection: Connection, events: list[LoggedEvent]) -> None:
         """Deliver logged events to one connection (a watch with `afterSeq`)."""
         for event in events:
             self.deliver(connection, sse_payload(event.type, event.data))
+        self.metrics.record_delivered(len(events))
 
     def deliver(self, connection: Connection, payload: bytes) -> None:
         """One frame to one connection: an id and a replay slot, then its stream if open."""
@@ -188,14 +193,17 @@ class Fanout:
         if connection is not None:
             data = dumps({"sessionId": session_id, "reason": reason})
             self.deliver(connection, sse_payload(EventType.DETACHED, data))
+            self.metrics.record_delivered(1)
 
     # -- session sockets ------------------------------------------------------------------
 
     def add_socket(self, session: Session, socket: SessionSocket, after_seq: int | None) -> None:
         """Bind a WebSocket to a session: replay after `after_seq`, then live events."""
         if after_seq is not None:
-            for event in session.log.shown_after(after_seq):
+            catch_up = session.log.shown_after(after_seq)
+            for event in catch_up:
                 socket.send_event(event.data)
+            self.metrics.record_delivered(len(catch_up))
         self.sockets.setdefault(session.id, set()).add(socket)
 
     def remove_socket(self, session_id: str, socket: SessionSocket) -> None:
@@ -216,6 +224,7 @@ class Fanout:
         sockets = self.sockets.pop(session_id, set())
 
         def end() -> None:
+            self.metrics.record_delivered(len(sockets) if last_event is not None else 0)
             for socket in sockets:
                 if last_event is not None:
                     socket.send_event(last_event.data)

@@ -147,6 +147,7 @@ class EventStreamHandler(ChatBridgeHandler):
         self._batcher.mark(self)
 
     def _drop_slow_consumer(self) -> None:
+        self.bridge.metrics.record_slow_consumer_drop()
         self.log.warning(
             "chatbridge: dropping the stream of %s: %d bytes unsent (limit %d); "
             "it can resume with Last-Event-ID",

@@ -58,6 +58,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
     def open(self, session_id: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
         if session_id not in self.bridge.sessions:
+            self.bridge.metrics.record_session_unknown_close()
             self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
             return
         self.bridge.add_socket(session_id, self, self._after_seq)
@@ -73,6 +74,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
                 raise InvalidRequest("unknown frame type; only 'send' is accepted", echo_id)
             request = parse_send(frame, self._session_id)
         except InvalidRequest as invalid:
+            self.bridge.metrics.record_send_refused(ErrorCode.BAD_REQUEST.value)
             self._nack(invalid.client_msg_id, str(invalid), ErrorCode.BAD_REQUEST)
             return
         try:
@@ -106,6 +108,8 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
 
     def end(self, code: int, reason: str) -> None:
         self._registered = False  # the bridge already forgot this socket
+        if code == CloseCode.SESSION_UNKNOWN:
+            self.bridge.metrics.record_session_unknown_close()
         self.close(code, reason)
 
     # -- helpers ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import NO_METRICS, BridgeMetrics
 from .base import MEMORY, SessionStore, StoredSession, StoreError, StoreLocked
 from .memory import MemoryStore
 from .sqlite import GROUP_COMMIT_WINDOW, MAX_BACKLOG, SCHEMA_VERSION, SqliteStore
@@ -28,8 +29,9 @@ __all__ = [
 ]
 
 
-def open_store(path: str | Path) -> SessionStore:
-    """The store for `c.ChatBridgeApp.store_path`: `":memory:"` or a SQLite file."""
+def open_store(path: str | Path, metrics: BridgeMetrics = NO_METRICS) -> SessionStore:
+    """The store for `c.ChatBridgeApp.store_path`: `":memory:"` or a SQLite file
+    (which reports its commits to `metrics`)."""
     if str(path) == MEMORY:
         return MemoryStore()
-    return SqliteStore(path)
+    return SqliteStore(path, metrics)
