@@ -44,7 +44,7 @@ OURS_CONFIG: dict[str, object] = {
 }
 
 # Where ours keeps its default store, relative to the server's temporary directory.
-DEFAULT_STORE_FILE = Path("data") / "chatbridge" / "sessions.sqlite3"
+DEFAULT_STORE_DIR = Path("data") / "chatbridge"
 
 
 def store_text(config: dict[str, object] | None = None) -> str:
@@ -171,9 +171,11 @@ class ServerProcess:
         dir: the bench never writes to the user's real ~/.local/share/jupyter."""
         if self.kind != "ours" or "store_path" in self.config:
             return
-        if not (self.tmp / DEFAULT_STORE_FILE).is_file():
+        # The default store is one file per server root folder under the data dir.
+        stores = list((self.tmp / DEFAULT_STORE_DIR).glob("**/sessions.sqlite3"))
+        if not stores:
             raise RuntimeError(
-                f"ours started, but its store is not {self.tmp / DEFAULT_STORE_FILE}: "
+                f"ours started, but its store is not under {self.tmp / DEFAULT_STORE_DIR}: "
                 f"is JUPYTER_DATA_DIR ignored?\n{self.log_tail()}"
             )
 
