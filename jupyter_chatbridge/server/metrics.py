@@ -9,7 +9,9 @@ import, so any number of servers in one process share one set and never collide:
   through its `BridgeMetrics`, which is `NO_METRICS` (does nothing) when
   `ChatBridgeApp.metrics_enabled` is off;
 - gauges are read at scrape time from the state of every live bridge (summed),
-  so the hot path pays nothing for them.
+  so the hot path pays nothing for them; so are the frames delivered to
+  connections: each connection's frame ids already count them (the sum of the
+  live connections' last frame ids, plus those of connections gone, kept as they go).
 
 Labels are bounded sets (outcome, error code, state, kind): never a session id or
 a cid. Latencies are measured with `time.perf_counter`: they report real time even
@@ -24,11 +26,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .bridge import ChatBridge
+    from .state import Connection
 
 PREFIX = "chatbridge_"
 
@@ -36,11 +39,6 @@ PREFIX = "chatbridge_"
 
 EVENTS_PUBLISHED = Counter(
     PREFIX + "events_published", "Session events published (committed, then shown to receivers)."
-)
-FRAMES_DELIVERED = Counter(
-    PREFIX + "frames_delivered",
-    "Frames handed to receivers: one per watching connection (its stream, or its replay "
-    "buffer while it has none) and per session socket, live or as a watch's catch-up.",
 )
 RESUMES = Counter(
     PREFIX + "resumes",
@@ -158,24 +156,35 @@ class BridgeMetrics:
 
     enabled = True
 
+    def __init__(self) -> None:
+        self._tracked = False
+        self.retired_frames = 0
+        """Frames delivered to this bridge's connections that are gone."""
+
     def track(self, bridge: ChatBridge) -> None:
-        """Report this bridge's state in the gauges until `untrack`."""
+        """Report this bridge's state in the gauges until `untrack` (one bridge each)."""
+        self._tracked = True
         _LIVE_BRIDGES.add(bridge)
 
     def untrack(self, bridge: ChatBridge) -> None:
-        """Stop reporting this bridge's state (it shut down)."""
-        _LIVE_BRIDGES.discard(bridge)
+        """Stop reporting this bridge's state (it shut down); its frames stay counted."""
+        if self._tracked:
+            self._tracked = False
+            _LIVE_BRIDGES.discard(bridge)
+            _TALLY.retired_frames += self.retired_frames + _connection_frames(bridge)
 
-    def record_shown(self, frames: int) -> None:
-        """One session event shown, as `frames` frames to its receivers."""
+    def retire_connection(self, connection: Connection) -> None:
+        """A connection is gone: keep the frames it was delivered in the counter."""
+        if self._tracked:  # after `untrack` its frames were counted already
+            self.retired_frames += connection.last_frame_id
+
+    def record_shown(self) -> None:
+        """One session event shown (to watchers: each frame is counted by its id)."""
         EVENTS_PUBLISHED.inc()
-        if frames:
-            FRAMES_DELIVERED.inc(frames)
 
-    def record_delivered(self, frames: int) -> None:
-        """Frames delivered outside a live event (catch-up replay, `detached` notices)."""
-        if frames:
-            FRAMES_DELIVERED.inc(frames)
+    def record_socket_frames(self, frames: int) -> None:
+        """Events written to a session socket (live or catching up)."""
+        _TALLY.socket_frames += frames
 
     def record_stream_opened(self, welcome: Mapping[str, Any]) -> None:
         """An event stream opened with this welcome: its resume outcome and replay size."""
@@ -227,16 +236,22 @@ class _NoMetrics(BridgeMetrics):
 
     enabled = False
 
+    def __init__(self) -> None:
+        super().__init__()
+
+    def retire_connection(self, connection: Connection) -> None:
+        pass
+
     def track(self, bridge: ChatBridge) -> None:
         pass
 
     def untrack(self, bridge: ChatBridge) -> None:
         pass
 
-    def record_shown(self, frames: int) -> None:
+    def record_shown(self) -> None:
         pass
 
-    def record_delivered(self, frames: int) -> None:
+    def record_socket_frames(self, frames: int) -> None:
         pass
 
     def record_stream_opened(self, welcome: Mapping[str, Any]) -> None:
@@ -275,6 +290,23 @@ NO_METRICS: BridgeMetrics = _NoMetrics()
 
 _LIVE_BRIDGES: weakref.WeakSet[ChatBridge] = weakref.WeakSet()
 
+
+class _Tally:
+    """Plain counts behind `chatbridge_frames_delivered_total`: every change and every
+    scrape runs on the server's event loop, so no lock is needed."""
+
+    retired_frames = 0  # frames of connections of bridges that shut down
+    socket_frames = 0  # events written to session sockets
+
+
+_TALLY = _Tally()
+
+FRAMES_DELIVERED_HELP = (
+    "Frames handed to receivers: to each watching connection (its stream, or its replay "
+    "buffer while it has none; live, as a watch's catch-up, or a detached notice) and "
+    "each session socket. Resume replays are chatbridge_replayed_frames_total."
+)
+
 _GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("connections", "Connections the server holds, by state: active (a stream is open) "
      "or inactive (waiting inactive_ttl for the client to come back).", ("state",)),
@@ -296,16 +328,19 @@ class BridgeStateCollector(Collector):
     """
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family(name, help, labels) for name, help, labels in _GAUGES]
+        gauges = [self._family(name, help, labels) for name, help, labels in _GAUGES]
+        return [CounterMetricFamily(PREFIX + "frames_delivered", FRAMES_DELIVERED_HELP), *gauges]
 
     def collect(self) -> Iterable[Metric]:
         totals = dict.fromkeys(
             ("active", "inactive", "streams", "sockets", "sessions", "running", "queued", "bytes"),
             0,
         )
+        frames = _TALLY.retired_frames + _TALLY.socket_frames
         for bridge in list(_LIVE_BRIDGES):
             for key, value in _bridge_state(bridge):
                 totals[key] += value
+            frames += bridge.metrics.retired_frames + _connection_frames(bridge)
         families = {name: self._family(name, help, labels) for name, help, labels in _GAUGES}
         families["connections"].add_metric(["active"], totals["active"])
         families["connections"].add_metric(["inactive"], totals["inactive"])
@@ -318,11 +353,17 @@ class BridgeStateCollector(Collector):
             ("replay_buffer_bytes", "bytes"),
         ):
             families[name].add_metric([], totals[key])
-        return list(families.values())
+        delivered = CounterMetricFamily(PREFIX + "frames_delivered", FRAMES_DELIVERED_HELP, frames)
+        return [delivered, *families.values()]
 
     @staticmethod
     def _family(name: str, help: str, labels: tuple[str, ...]) -> GaugeMetricFamily:
         return GaugeMetricFamily(PREFIX + name, help, labels=list(labels) or None)
+
+
+def _connection_frames(bridge: ChatBridge) -> int:
+    # Frame ids count from 1 per connection, one per frame delivered to it.
+    return sum(c.last_frame_id for c in bridge.connections)
 
 
 def _bridge_state(bridge: ChatBridge) -> Iterator[tuple[str, int]]:
