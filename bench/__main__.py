@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         config_text += f"\nstore: {store_text()}"
         if "store_path" not in OURS_CONFIG:
-            config_text += " (no store_path given: <JUPYTER_DATA_DIR>/chatbridge/sessions.sqlite3)"
+            config_text += " (no store_path given)"
         write_results(
             RESULTS,
             rows,

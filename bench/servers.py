@@ -36,15 +36,33 @@ OURS_CONFIG: dict[str, object] = {
     "max_pending_inputs": 10000,
     "max_session_events": 10000,
     "replay_buffer_size": 1000,
-    # No store_path: ours runs on its default store, as users do: SQLite, the file
-    # <jupyter data dir>/chatbridge/sessions.sqlite3, where the data dir is the
-    # server's own fresh temporary JUPYTER_DATA_DIR (checked at start, see
-    # ServerProcess.check_store). A scenario may pass store_path (the store
-    # scenario's ":memory:" side), and so may --ours-config for a what-if run.
+    # No store_path: ours runs on its default store, as users do: SQLite, one file per
+    # server root folder, <jupyter data dir>/chatbridge/servers/<folder>-<hash>/
+    # sessions.sqlite3, where the data dir is the server's own fresh temporary
+    # JUPYTER_DATA_DIR (checked at start, see ServerProcess.check_store). A scenario may
+    # pass store_path (the store scenario's ":memory:" side), and so may --ours-config
+    # for a what-if run.
 }
 
-# Where ours keeps its default store, relative to the server's temporary directory.
-DEFAULT_STORE_DIR = Path("data") / "chatbridge"
+# The default store, in words (relative to the server's JUPYTER_DATA_DIR).
+DEFAULT_STORE_TEXT = "<JUPYTER_DATA_DIR>/chatbridge/servers/<folder>-<hash>/sessions.sqlite3"
+
+
+def default_store_file(data_dir: Path, root_dir: Path) -> Path:
+    """Where a chatbridge server with this data dir and root folder keeps its default
+    store: asked from the server's own code (`default_store_path`), not spelled out
+    here, so the check follows wherever the default moves."""
+    from jupyter_chatbridge.server.app import default_store_path
+
+    saved = os.environ.get("JUPYTER_DATA_DIR")
+    os.environ["JUPYTER_DATA_DIR"] = str(data_dir)  # what the server process sees
+    try:
+        return default_store_path(str(root_dir))
+    finally:
+        if saved is None:
+            del os.environ["JUPYTER_DATA_DIR"]
+        else:
+            os.environ["JUPYTER_DATA_DIR"] = saved
 
 
 def store_text(config: dict[str, object] | None = None) -> str:
@@ -53,7 +71,7 @@ def store_text(config: dict[str, object] | None = None) -> str:
     if path is None:
         return (
             "the default SQLite store: sessions.sqlite3 in a fresh temporary "
-            "JUPYTER_DATA_DIR per server process"
+            f"JUPYTER_DATA_DIR per server process ({DEFAULT_STORE_TEXT})"
         )
     if path == ":memory:":
         return "store_path=:memory: (the in-memory store, nothing on disk)"
@@ -94,6 +112,8 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         self.log_path = self.tmp / "server.log"
+        self.data_dir = self.tmp / "data"  # the server's JUPYTER_DATA_DIR
+        self.store_file: Path | None = None  # ours' default SQLite file, once checked
 
     @property
     def base(self) -> str:
@@ -133,7 +153,7 @@ class ServerProcess:
         # store, runtime files and cookie secret never touch ~/.local/share/jupyter, and
         # no ~/.jupyter config (a store_path, say) changes what is measured.
         env["JUPYTER_RUNTIME_DIR"] = str(self.tmp / "runtime")
-        env["JUPYTER_DATA_DIR"] = str(self.tmp / "data")
+        env["JUPYTER_DATA_DIR"] = str(self.data_dir)
         env["JUPYTER_CONFIG_DIR"] = str(self.tmp / "config")
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.log_path, "wb") as log:
@@ -171,13 +191,14 @@ class ServerProcess:
         dir: the bench never writes to the user's real ~/.local/share/jupyter."""
         if self.kind != "ours" or "store_path" in self.config:
             return
-        # The default store is one file per server root folder under the data dir.
-        stores = list((self.tmp / DEFAULT_STORE_DIR).glob("**/sessions.sqlite3"))
-        if not stores:
+        expected = default_store_file(self.data_dir, self.tmp)  # the root dir is self.tmp
+        if not expected.is_file():
+            found = sorted(str(p) for p in self.data_dir.rglob("*.sqlite3"))
             raise RuntimeError(
-                f"ours started, but its store is not under {self.tmp / DEFAULT_STORE_DIR}: "
-                f"is JUPYTER_DATA_DIR ignored?\n{self.log_tail()}"
+                f"ours started, but its store is not {expected} (SQLite files in its "
+                f"data dir: {found or 'none'}): is JUPYTER_DATA_DIR ignored?\n{self.log_tail()}"
             )
+        self.store_file = expected
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"token {TOKEN}"} if self.kind == "ours" else {}
