@@ -155,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     full = not args.quick and not args.only and not stopped_early and not overrides
     if args.write == "yes" or (args.write == "auto" and full):
         command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-        config_text = cfg.describe() + "\n\nchatbridge server config:\n" + "\n".join(
-            f"--ChatBridgeApp.{k}={v}" for k, v in OURS_CONFIG.items()
+        config_text = (
+            cfg.describe()
+            + "\n\nchatbridge server config:\n"
+            + "\n".join(f"--ChatBridgeApp.{k}={v}" for k, v in OURS_CONFIG.items())
         )
         config_text += f"\nstore: {store_text()}"
         if "store_path" not in OURS_CONFIG:

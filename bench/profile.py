@@ -50,16 +50,30 @@ def summarise(raw: Path, top: int) -> str:
             inclusive[frame] += n
     if not total:
         return "no samples"
-    out = [f"{total} samples; by thread: "
-           + ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in per_thread.most_common())]
+    out = [
+        f"{total} samples; by thread: "
+        + ", ".join(f"{t} {100 * n / total:.0f}%" for t, n in per_thread.most_common())
+    ]
     if not main_total:
         return out[0]
     out += ["", f"main thread, self time ({main_total} samples):"]
     out += [f"  {100 * n / main_total:5.1f}%  {f}" for f, n in own.most_common(top)]
     out += ["", "main thread, inclusive time (below the event loop):"]
-    skip = ("run_forever", "_run_once", "launch_instance", "<module>", "_run_code", "start_ioloop",
-            "ServerApp.start", "run_until_complete", "BaseAsyncIOLoop.start", "Handle._run",
-            "_run_module_as_main", "libc.so", "main (")
+    skip = (
+        "run_forever",
+        "_run_once",
+        "launch_instance",
+        "<module>",
+        "_run_code",
+        "start_ioloop",
+        "ServerApp.start",
+        "run_until_complete",
+        "BaseAsyncIOLoop.start",
+        "Handle._run",
+        "_run_module_as_main",
+        "libc.so",
+        "main (",
+    )
     rows = [(f, n) for f, n in inclusive.most_common(top * 4) if not any(s in f for s in skip)]
     out += [f"  {100 * n / main_total:5.1f}%  {f}" for f, n in rows[:top]]
     return "\n".join(out)
@@ -75,8 +89,17 @@ async def run(args: argparse.Namespace) -> None:
         counter = EndCounter(args.n)
         watchers = await system.open_watchers(room, args.n, counter.on_frames)
         cmd = [
-            args.py_spy, "record", "-p", str(server.proc.pid),  # type: ignore[union-attr]
-            "-r", str(args.rate), "-f", "raw", "-o", str(out), "--threads",
+            args.py_spy,
+            "record",
+            "-p",
+            str(server.proc.pid),  # type: ignore[union-attr]
+            "-r",
+            str(args.rate),
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--threads",
         ]
         # --native pauses the process per sample (needed for C stacks); else don't.
         cmd.append("--native" if args.native else "--nonblocking")
@@ -96,8 +119,10 @@ async def run(args: argparse.Namespace) -> None:
                 spy.kill()
                 spy.wait(5)
         close_all(watchers)
-        print(f"{args.system}: N={args.n} x {args.events} events, "
-              f"{args.n * args.events / elapsed:,.0f} deliveries/s with py-spy attached")
+        print(
+            f"{args.system}: N={args.n} x {args.events} events, "
+            f"{args.n * args.events / elapsed:,.0f} deliveries/s with py-spy attached"
+        )
         if out.exists():
             print(summarise(out, args.top))
         else:
@@ -124,7 +149,10 @@ def main() -> int:
     parser.add_argument("--native", action="store_true", help="sample C frames too")
     parser.add_argument("--keep", action="store_true", help="keep the raw py-spy output")
     parser.add_argument(
-        "--ours-config", action="append", default=[], metavar="KEY=VALUE",
+        "--ours-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra ChatBridgeApp config (e.g. store_path=:memory:); repeatable",
     )
     args = parser.parse_args()

@@ -157,7 +157,15 @@ def fmt_ratio(r: float) -> str:
 
 
 HEADER = [
-    "scenario", "metric", "ours", "floor", "socketio", "vs floor", "vs sio", "target", "result"
+    "scenario",
+    "metric",
+    "ours",
+    "floor",
+    "socketio",
+    "vs floor",
+    "vs sio",
+    "target",
+    "result",
 ]
 
 

@@ -307,9 +307,7 @@ async def _latency_run(system: System, cfg: Config) -> tuple[float, float]:
 async def latency(cfg: Config, pool: ServerPool) -> list[Row]:
     label = f"N={cfg.latency_watchers}, {cfg.latency_rate} ev/s"
     p50 = Row("2 latency", f"p50 {label}", "ms", "lower", floor=[], socketio=[])
-    p99 = Row(
-        "2 latency", f"p99 {label}", "ms", "lower", floor=[], socketio=[], max_vs_floor=1.5
-    )
+    p99 = Row("2 latency", f"p99 {label}", "ms", "lower", floor=[], socketio=[], max_vs_floor=1.5)
     for rep in range(cfg.reps):
         for kind in rotated(rep):
 
@@ -771,9 +769,8 @@ async def _client_gives_up(system: Ours, session: str, origin: bool) -> bool:
     client = _project_client()
     port = system.port
     transport = client.HttpTransport(
-        f"http://127.0.0.1:{port}{system.server.base}", token=system.server.auth_headers()[
-            "Authorization"
-        ].split()[1]
+        f"http://127.0.0.1:{port}{system.server.base}",
+        token=system.server.auth_headers()["Authorization"].split()[1],
     )
     sock = client.SessionSocket(
         transport, session, origin=f"http://127.0.0.1:{port}" if origin else None
@@ -874,8 +871,10 @@ async def give_up(cfg: Config, pool: ServerPool) -> list[Row]:
                 p50, p99 = client_rows[origin]
                 p50.ours.append(percentile(sorted(full), 50))
                 p99.ours.append(percentile(sorted(full), 99))
-                log(f"give-up rep {rep + 1} {label}: client p50 {p50.ours[-1]:.2f} ms "
-                    f"p99 {p99.ours[-1]:.2f} ms, wire p99 {wire_rows[origin].ours[-1]:.2f} ms")
+                log(
+                    f"give-up rep {rep + 1} {label}: client p50 {p50.ours[-1]:.2f} ms "
+                    f"p99 {p99.ours[-1]:.2f} ms, wire p99 {wire_rows[origin].ours[-1]:.2f} ms"
+                )
     finally:
         system.close()
     return all_rows()
@@ -1019,6 +1018,13 @@ async def redis_store(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
     return await redis_rows(cfg, pool)
 
 
+async def metrics_cost(cfg: Config, pool: ServerPool) -> list[Row]:
+    # Its own module (bench/metrics_cost.py), which builds on this one's helpers.
+    from .metrics_cost import metrics_rows
+
+    return await metrics_rows(cfg, pool)
+
+
 SCENARIOS: dict[str, Callable[[Config, ServerPool], Any]] = {
     "fanout": fanout,
     "latency": latency,
@@ -1028,6 +1034,7 @@ SCENARIOS: dict[str, Callable[[Config, ServerPool], Any]] = {
     "giveup": give_up,
     "store": store_rows,
     "redis": redis_store,
+    "metrics": metrics_cost,
 }
 OPT_IN = {"redis"}
 """Scenarios only `--only` runs (the full suite's time budget leaves them out)."""

@@ -539,3 +539,35 @@ def test_an_open_answer_is_running_in_every_export() -> None:
     assert "*The answer was still running when this was exported.*" in render(
         "markdown", "s", events
     )
+
+
+def test_the_python_clients_export_is_the_commands_byte_for_byte(tmp_path: Path) -> None:
+    from jupyter_chatbridge.client import AsyncChatClient, ChatClient
+
+    root = tmp_path / "live"
+    server = make_server(root)
+    try:
+        run_async(server.start)
+        with ChatClient(server.url, server.token) as client:
+            session = client.session("kept")
+            session.ask("hello there")
+            session.ask("what is *markdown*?\n- a list")
+            store = default_store(root)
+            for fmt in ("markdown", "jsonl", "ipynb"):
+                out = tmp_path / f"kept.{fmt}"
+                result = cli(
+                    "export", "kept", f"--format={fmt}", "-o", str(out), f"--store-path={store}"
+                )
+                assert result.returncode == 0, result.stderr
+                assert session.export(fmt).encode("utf-8") == out.read_bytes(), fmt
+
+            async def exported() -> str:
+                async with AsyncChatClient(server.url, server.token) as aio:
+                    return await aio.handle("kept").export("ipynb")
+
+            assert run_async(exported).encode("utf-8") == (tmp_path / "kept.ipynb").read_bytes()
+            nbformat.validate(nbformat.reads(session.export("ipynb"), as_version=4))
+            with pytest.raises(ValueError, match="unknown export format"):
+                session.export("pdf")
+    finally:
+        server.stop()

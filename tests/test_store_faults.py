@@ -194,3 +194,39 @@ async def test_a_duplicate_whose_first_attempt_failed_meanwhile_is_not_called_ac
     result = await again
     assert (result.receipt.seq, result.duplicate) == (1, True)
     await bridge.shutdown()
+
+
+# -- what the metrics say about commits ---------------------------------------------------------
+
+
+async def test_failed_and_committed_transactions_show_in_the_metrics(
+    api: Api, bridge: ChatBridge, jp_fetch: Any
+) -> None:
+    from .test_metrics import Delta, scrape
+
+    store = bridge.store
+    assert isinstance(store, SqliteStore)
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    commit = store._commit
+    failing, failed, committed = [True], [0], [0]
+
+    def seam(conn: sqlite3.Connection, writes: Any) -> None:
+        if failing[0]:
+            failed[0] += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        commit(conn, writes)
+        committed[0] += bool(writes)  # an empty batch (a barrier alone) is no transaction
+
+    store._commit = seam  # type: ignore[method-assign]
+    before = await scrape(jp_fetch)
+    body = {"sessionId": "s1", "clientMsgId": "m1", "text": "hello"}
+    assert (await api("POST", "send", body=body))[0] == 503
+    failing[0] = False
+    assert (await api("POST", "send", body=body))[0] == 200
+    await store.flush()
+    delta = Delta(before, await scrape(jp_fetch))
+    assert failed[0] >= 1 and committed[0] >= 1
+    assert delta("chatbridge_store_commit_failures_total") == failed[0]
+    assert delta("chatbridge_store_commit_seconds_count") == committed[0]
+    assert delta("chatbridge_sends_total", outcome="refused", code="busy") == 1
+    assert delta("chatbridge_sends_total", outcome="duplicate", code="") == 1

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..clock import LoopScheduler, Scheduler
 from ..protocol import EventType
+from ..protocol.export import render
 from ..protocol.transcript import Transcript
 from .discovery import discover_server
 from .outbox import Outbox, OutboxEvent, SendResponse, new_client_msg_id
@@ -390,6 +391,11 @@ class AsyncSession:
     async def history(self, after: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """The session's stored events after `after`."""
         return await self.client.history(self.id, after, limit)
+
+    async def export(self, format: str = "markdown") -> str:
+        """The session as a file to keep: `markdown`, `jsonl` or `ipynb` (a notebook of
+        markdown cells); the same text `jupyter chatbridge export` writes."""
+        return render(format, self.id, await self.history())
 
     async def attach(self) -> None:
         """Drive this session from this client (a previous driver is detached)."""

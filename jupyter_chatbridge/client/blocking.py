@@ -195,6 +195,11 @@ class Session:
         """The session's stored events after `after`."""
         return self.client.history(self.id, after, limit)
 
+    def export(self, format: str = "markdown", timeout: float | None = 60.0) -> str:
+        """The session as `markdown`, `jsonl` or `ipynb` text, as `jupyter chatbridge
+        export` writes it (see `AsyncSession.export`)."""
+        return self.client._call(self.aio.export(format), timeout)
+
     def attach(self) -> None:
         """Drive this session from this client."""
         self.client._call(self.aio.attach())

@@ -24,6 +24,7 @@ from .handlers import default_handlers
 from .handlers.base import UNAVAILABLE_SETTING
 from .handlers.events import FlushBatcher, Heartbeat
 from .limits import limit_traits, limits_from
+from .metrics import NO_METRICS, BridgeMetrics
 from .store import MEMORY, StoreError, StoreLocked, open_store
 
 if TYPE_CHECKING:
@@ -82,6 +83,11 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         "collections skip the (long-lived) objects of start-up. This shortens the pauses "
         "that delay event delivery under load; it affects the whole server process.",
     ).tag(config=True)
+    metrics_enabled = Bool(
+        True,
+        help="Record Prometheus metrics (chatbridge_*) for jupyter_server's /metrics. "
+        "Off, nothing is recorded and this server's state is left out of the gauges.",
+    ).tag(config=True)
     agent_class = Type(
         default_value=EchoAgent,
         klass=Agent,
@@ -106,8 +112,12 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         try:
             # A store that cannot be read or written stops the extension from loading
             # (jupyter_server logs why): it must never start empty over existing data.
+            metrics = BridgeMetrics() if self.metrics_enabled else NO_METRICS
             store = open_store(
-                self.store_path, self.store_url, max_events=limits_from(self).max_session_events
+                self.store_path,
+                self.store_url,
+                max_events=limits_from(self).max_session_events,
+                metrics=metrics,
             )
         except StoreLocked as exc:
             # Another live server holds it: load anyway, so every endpoint says so (503).
@@ -118,10 +128,13 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
             self.log.error("%s", exc)
             raise
         limits = limits_from(self)
-        bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log, store=store)
+        bridge = ChatBridge(
+            limits, LoopScheduler(), self._make_agent, log=self.log, store=store, metrics=metrics
+        )
         try:
             restored = bridge.restore()
         except Exception as exc:
+            metrics.untrack(bridge)
             store.close()  # releases the file for the next attempt
             if isinstance(exc, StoreError):
                 self.log.error("%s", exc)

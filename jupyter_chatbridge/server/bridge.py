@@ -17,6 +17,7 @@ Every state change is synchronous, so no two requests interleave inside one oper
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -27,6 +28,7 @@ from .errors import BridgeError
 from .fanout import Fanout, FrameSink, SessionSocket
 from .leases import LeasedRunner
 from .limits import BridgeLimits
+from .metrics import NO_METRICS, BridgeMetrics
 from .recovery import INTERRUPTED_MESSAGE, recover
 from .relay import RedisRelay
 from .runner import AgentFactory, AgentRunner
@@ -65,8 +67,11 @@ class ChatBridge:
         agent_factory: AgentFactory,
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         store: SessionStore | None = None,
+        metrics: BridgeMetrics = NO_METRICS,
     ) -> None:
         self.limits = limits
+        self.metrics = metrics
+        """What this bridge records for `/metrics` (`NO_METRICS`: nothing)."""
         self.scheduler = scheduler
         self.log = log or logging.getLogger(__name__)
         store = store if store is not None else MemoryStore()
@@ -86,6 +91,7 @@ class ChatBridge:
         self.fanout = Fanout(
             self.connections, self.streams, self.sessions, store, scheduler, self.log
         )
+        self.fanout.metrics = metrics
         self.relay: RedisRelay | None = None
         self.runner: AgentRunner
         if isinstance(store, RedisStore):
@@ -105,6 +111,7 @@ class ChatBridge:
             )
         else:
             self.runner = AgentRunner(self.fanout, agent_factory, self.log)
+        self.runner.metrics = metrics
         self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
         )
@@ -118,6 +125,7 @@ class ChatBridge:
             store,
         )
         self.session_service.relay = self.relay
+        metrics.track(self)
 
     @property
     def store(self) -> SessionStore:
@@ -145,7 +153,9 @@ class ChatBridge:
         self, cid: str | None, owner: str, last_event_id: int | None, stream: FrameSink
     ) -> dict[str, Any]:
         """Attach a stream to its connection; returns the welcome it was sent."""
-        return self.connection_service.open_stream(cid, owner, last_event_id, stream)
+        welcome = self.connection_service.open_stream(cid, owner, last_event_id, stream)
+        self.metrics.record_stream_opened(welcome)
+        return welcome
 
     def close_stream(self, connection_id: str, stream: FrameSink) -> None:
         """A stream ended (only the current one deactivates its connection)."""
@@ -160,6 +170,7 @@ class ChatBridge:
         return self.connection_service.connection_for(connection_id, owner)
 
     def _on_connection_expired(self, connection: Connection) -> None:
+        self.metrics.retire_connection(connection)
         detached = self.sessions.release_connection(connection.id)
         if connection.stable:
             self.log.info(
@@ -237,9 +248,16 @@ class ChatBridge:
         owner: str | None = None,
     ) -> SendResult:
         """Accept a user message and return once it is committed (else a 503)."""
-        return await self.session_service.send_durably(
-            session_id, client_msg_id, text, connection_id, owner
-        )
+        started = time.perf_counter()
+        try:
+            result = await self.session_service.send_durably(
+                session_id, client_msg_id, text, connection_id, owner
+            )
+        except BridgeError as refusal:
+            self.metrics.record_send_refused(refusal.code.value)
+            raise
+        self.metrics.record_send(result.duplicate, time.perf_counter() - started)
+        return result
 
     async def commit(self) -> None:
         """Wait until everything so far is durable; a store failure is a 503."""
@@ -309,6 +327,7 @@ class ChatBridge:
 
     async def shutdown(self) -> None:
         """Stop every agent run and end every stream and socket."""
+        self.metrics.untrack(self)
         await self.runner.stop()
         if self.relay is not None:
             self.relay.stop()

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..clock import Scheduler, sleep
 from ..protocol import EventType, dumps, sse_payload
+from .metrics import NO_METRICS, BridgeMetrics
 from .state import (
     Connection,
     ConnectionRegistry,
@@ -73,6 +74,8 @@ class SessionSocket(Protocol):
 
 class Fanout:
     """Publishes session events to watchers' streams and session sockets."""
+
+    metrics: BridgeMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -198,6 +201,7 @@ class Fanout:
         if sockets:
             for socket in sockets:
                 socket.send_event(event)
+        self.metrics.record_shown()
 
     def catch_up(self, connection: Connection, session: Session, after_seq: int) -> None:
         """Send `connection` the session's shown events after `after_seq`, then live ones.

@@ -16,6 +16,7 @@ from typing import Any
 from ..protocol import EventType
 from .agents import Agent, UserMessage
 from .fanout import Fanout
+from .metrics import NO_METRICS, BridgeMetrics
 from .state import PendingInput, Session
 
 AgentFactory = Callable[[str, dict[str, Any]], Agent]
@@ -24,6 +25,8 @@ AgentFactory = Callable[[str, dict[str, Any]], Agent]
 
 class AgentRunner:
     """Starts, cancels and awaits the agent runs of every session."""
+
+    metrics: BridgeMetrics = NO_METRICS
 
     def __init__(
         self,
@@ -94,6 +97,7 @@ class AgentRunner:
         publish = self._fanout.publish
         message_id = f"m{message.seq}"
         publish(session, EventType.MESSAGE_START, {"messageId": message_id, "replyTo": message.seq})
+        clock = self.metrics.answer_started()
         try:
             if session.agent is None:
                 session.agent = self._agent_factory(session.id, session.settings)
@@ -105,16 +109,19 @@ class AgentRunner:
                     publish(
                         session, EventType.BLOCK_DELTA, {"messageId": message_id, "text": chunk}
                     )
+                    clock.output()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._log.exception("chatbridge: agent failed in session %s", session.id)
+            clock.failed()
             publish(
                 session,
                 EventType.ERROR,
                 {"message": f"agent failed: {exc}", "messageId": message_id},
             )
         publish(session, EventType.MESSAGE_END, {"messageId": message_id})
+        clock.ended()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         try:

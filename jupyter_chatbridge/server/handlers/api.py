@@ -8,7 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ...protocol import ErrorCode, is_valid_session_id
-from ...protocol.requests import SendRequest, parse_send
+from ...protocol.requests import InvalidRequest, SendRequest, parse_send
 from ..errors import BridgeError, bad_request
 from ..sessions import SendResult
 from .base import ChatBridgeHandler, canonical_connection_id
@@ -144,12 +144,20 @@ class SendHandler(ChatBridgeHandler):
 
     def send_request(self) -> SendRequest:
         """The request's send, or a 400 / 413 before anything changes."""
-        limit = self.bridge.limits.max_message_bytes
-        # JSON escapes can take six bytes per character; anything beyond that is
-        # over the limit whatever it decodes to, so don't parse it.
-        if len(self.request.body) > 6 * limit + 4096:
-            raise BridgeError(413, ErrorCode.TOO_LARGE, f"message text is over {limit} bytes")
-        return parse_send(self.json_body())
+        bridge = self.bridge
+        limit = bridge.limits.max_message_bytes
+        try:
+            # JSON escapes can take six bytes per character; anything beyond that is
+            # over the limit whatever it decodes to, so don't parse it.
+            if len(self.request.body) > 6 * limit + 4096:
+                raise BridgeError(413, ErrorCode.TOO_LARGE, f"message text is over {limit} bytes")
+            return parse_send(self.json_body())
+        except BridgeError as refusal:
+            bridge.metrics.record_send_refused(refusal.code.value)
+            raise
+        except InvalidRequest:
+            bridge.metrics.record_send_refused(ErrorCode.BAD_REQUEST.value)
+            raise
 
     async def accept(self, request: SendRequest) -> SendResult:
         """Accept the message and wait until it is durable (else a 503)."""

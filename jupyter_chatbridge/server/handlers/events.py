@@ -189,6 +189,7 @@ class EventStreamHandler(ChatBridgeHandler):
             self.bridge.drain(self._connection_id, room)
 
     def _drop_slow_consumer(self, unsent: int) -> None:
+        self.bridge.metrics.record_slow_consumer_drop()
         self.log.warning(
             "chatbridge: dropping the stream of %s: %d bytes unsent (limit %d); "
             "it can resume with Last-Event-ID",

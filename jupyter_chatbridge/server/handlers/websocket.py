@@ -73,6 +73,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
     def open(self, session_id: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
         if session_id not in self.bridge.sessions:
+            self.bridge.metrics.record_session_unknown_close()
             self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
             return
         self.bridge.add_socket(session_id, self, self._after_seq)
@@ -88,6 +89,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
                 raise InvalidRequest("unknown frame type; only 'send' is accepted", echo_id)
             request = parse_send(frame, self._session_id)
         except InvalidRequest as invalid:
+            self.bridge.metrics.record_send_refused(ErrorCode.BAD_REQUEST.value)
             self._nack(invalid.client_msg_id, str(invalid), ErrorCode.BAD_REQUEST)
             return
         try:
@@ -119,6 +121,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
     def send_event(self, event: LoggedEvent) -> None:
         if self._catching_up is None:
             self._write_text(event.data)
+            self.bridge.metrics.record_socket_frames(1)
 
     def catch_up(self, session: Session, after_seq: int) -> None:
         self._catching_up = after_seq
@@ -134,6 +137,7 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
             events = session.log.shown_after(after, HISTORY_PIECE_EVENTS)
             if not events:
                 break
+            self.bridge.metrics.record_socket_frames(len(events))
             for event in events:
                 written = self._write_text(event.data)
                 after = event.seq
@@ -145,6 +149,8 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
 
     def end(self, code: int, reason: str) -> None:
         self._registered = False  # the bridge already forgot this socket
+        if code == CloseCode.SESSION_UNKNOWN:
+            self.bridge.metrics.record_session_unknown_close()
         self.close(code, reason)
 
     # -- helpers ---------------------------------------------------------------------

@@ -61,3 +61,7 @@ class ReplayBuffer:
         tail = itertools.islice(self._payloads, start, None)
         frames = [BufferedFrame(frame_id, p) for frame_id, p in enumerate(tail, oldest + start)]
         return ReplayResult(frames, gap)
+
+    def byte_size(self) -> int:
+        """Bytes of the payloads held (for the metrics; a scrape, not a hot path)."""
+        return sum(map(len, self._payloads)) if self._payloads is not None else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import NO_METRICS, BridgeMetrics
 from .base import MEMORY, SessionStore, StoredSession, StoreError, StoreLocked
 from .memory import MemoryStore
 from .sqlite import GROUP_COMMIT_WINDOW, MAX_BACKLOG, SCHEMA_VERSION, SqliteStore
@@ -29,13 +30,19 @@ __all__ = [
 ]
 
 
-def open_store(path: str | Path, url: str = "", max_events: int = 10_000) -> SessionStore:
+def open_store(
+    path: str | Path,
+    url: str = "",
+    max_events: int = 10_000,
+    metrics: BridgeMetrics = NO_METRICS,
+) -> SessionStore:
     """The store for `c.ChatBridgeApp.store_url` (a Redis URL) if set, else for
-    `store_path`: `":memory:"` or a SQLite file."""
+    `store_path`: `":memory:"` or a SQLite file (which reports its commits to
+    `metrics`)."""
     if url:
         from .redis import RedisStore  # the optional extra: imported only when chosen
 
         return RedisStore(url, max_events=max_events)
     if str(path) == MEMORY:
         return MemoryStore()
-    return SqliteStore(path)
+    return SqliteStore(path, metrics)

@@ -16,11 +16,13 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..metrics import NO_METRICS, BridgeMetrics
 from ..state import LoggedEvent, SendReceipt
 from .base import StoredSession, StoreError
 from .lock import StoreLock
@@ -126,8 +128,9 @@ class SqliteStore:
     never starts empty on top of data it could not read.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, metrics: BridgeMetrics = NO_METRICS) -> None:
         self.path = Path(path).expanduser()
+        self._metrics = metrics  # commit latency and failures, from the writer thread
         self.description = str(self.path)
         self.commits_immediately = False
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -358,6 +361,7 @@ class SqliteStore:
                     "Free disk space or check the file's permissions."
                 )
                 log.error("%s", error)
+                self._metrics.record_commit_failure()
                 if len(writes) > MAX_BACKLOG:
                     log.error(
                         "chatbridge: session store %s: dropping %d unsaved writes",
@@ -375,6 +379,7 @@ class SqliteStore:
                     f"that cannot be saved ({type(exc).__name__}: {exc})"
                 )
                 log.exception("%s", error)
+                self._metrics.record_commit_failure()
                 backlog = []
             for barrier in barriers:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
@@ -394,6 +399,7 @@ class SqliteStore:
         runs = [(kind, [p for _, p in group]) for kind, group in itertools.groupby(writes, _kind)]
         if not runs:
             return
+        started = time.perf_counter()
         conn.execute("BEGIN")
         try:
             for kind, params in runs:
@@ -403,6 +409,7 @@ class SqliteStore:
                 for statement in _STATEMENTS[kind]:
                     conn.executemany(statement, params)
             conn.execute("COMMIT")
+            self._metrics.record_commit(time.perf_counter() - started)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
