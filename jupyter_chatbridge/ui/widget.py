@@ -10,7 +10,10 @@ client (`AsyncChatClient`, one for the widget's life: its outbox is the only
 outbox, its stream reconnects with the same cid), the view state (`ChatView`)
 and every redraw live on that thread, so the answer keeps streaming into the panel while a cell
 blocks the kernel (a kernel's own asyncio loop stalls then). ipykernel sends
-widget updates from any thread through its IOPub thread. The kernel's main
+widget updates from any thread through its IOPub thread. Widgets themselves
+(comms) are made and closed only on the kernel's main thread (see
+`kernel_thread`): a new message is drawn into a waiting-rows widget until the
+kernel's thread has made its row. The kernel's main
 thread only reads the input box and hands actions to the loop; clicks and
 Enter are delivered by the kernel, so, as for every ipywidget, they wait until
 the running cell finishes.
@@ -43,6 +46,7 @@ from ..client.transport import HTTPStatusError, TransportError
 from ..protocol import EventType, cid_from_hex, is_valid_session_id
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
+from .kernel_thread import KernelThread
 from .panel import ChatPanel
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._token = token
         self._client_options = dict(client_options or {})
         self._closed = False
+        self._kernel = KernelThread.of_this_kernel()
         self._panel = ChatPanel(
             height=height,
             max_messages=max_messages,
@@ -105,6 +110,8 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             on_retry=self.retry,
             on_banner_action=self._banner_action,
             on_status_action=self._status_action,
+            kernel=self._kernel,
+            on_rows_made=lambda: self._call_soon(self._rows_made),
         )
         kwargs.setdefault("layout", widgets.Layout(width="100%", max_width="900px"))
         super().__init__(children=self._panel.children, **kwargs)
@@ -119,6 +126,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._open_lock: asyncio.Lock | None = None
         self._setting_up = True
         self._render_handle: asyncio.TimerHandle | None = None
+        self._rows_ready = False
         self._last_render = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -170,6 +178,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         """
         deadline = time.monotonic() + timeout
         while not self._on_loop(self._idle):
+            self._kernel.drain()  # on the kernel's thread, its rows cannot wait for it
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
@@ -400,6 +409,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             and not self.view.thinking
             and not any(e.delivery is Delivery.RETRYING for e in self.view.unfinished)
             and self._render_handle is None
+            and not self._panel.rows_pending
         )
 
     async def _shutdown(self) -> None:
@@ -427,6 +437,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._thread.join(LOOP_CALL_TIMEOUT)
         if not self._thread.is_alive() and not self._loop.is_closed():
             self._loop.close()
+        # Comms are closed on the kernel's thread: at once if this is it, else at its next turn.
+        self._kernel.run(self._close_widgets)
+
+    def _close_widgets(self) -> None:
         self._panel.close()
         super().close()
 
@@ -443,10 +457,17 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             delay, self._render, context=contextvars.Context()
         )
 
+    def _rows_made(self) -> None:
+        self._rows_ready = True
+        self._render_soon()
+
     def _render(self) -> None:
         self._render_handle = None
         self._last_render = self._loop.time()
         changes = self.view.take_changes()
+        if self._rows_ready:  # rows the kernel's thread made: put them in place
+            self._rows_ready = False
+            changes.order = True
         if not changes or self._closed:
             return
         try:
