@@ -87,3 +87,50 @@ async def test_widgets_are_made_and_closed_on_the_kernel_thread_while_answers_st
     calls = result["calls"]
     assert {name for name, _ in calls} == {"register_comm", "unregister_comm"}
     assert {thread for _, thread in calls} == {"MainThread"}, calls
+
+
+RERUN = """
+import threading
+from jupyter_chatbridge import ChatWidget
+def widget_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("chatbridge-widget"))
+comms_before = len(get_ipython().kernel.comm_manager.comms)
+for _ in range(3):  # the same cell, run three times
+    w = ChatWidget("rerun")
+    display(w)
+    assert w.wait_until_idle(30)
+print(json.dumps({"threads": widget_threads()}))
+"""
+# Closed from another thread while the kernel's thread is busy: the comms wait for it.
+CLOSE_ELSEWHERE = """
+closer = threading.Thread(target=w.close)
+closer.start()
+closer.join(30)
+print(json.dumps({"threads": widget_threads(), "open_until_the_cell_ends": w.comm is not None}))
+"""
+AFTER = """
+print(json.dumps({
+    "closed": w.comm is None,
+    "comms_left": len(get_ipython().kernel.comm_manager.comms) - comms_before,
+    "off_main": [c for c in calls if c[1] != "MainThread"],
+}))
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_cell_run_again_leaves_one_panel_and_close_leaves_nothing(
+    kernel_env: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (RECORD, RERUN, CLOSE_ELSEWHERE, AFTER)]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    await client.async_execute()
+    for cell in nb.cells:
+        for output in cell.outputs:
+            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    assert _printed(nb.cells[1]) == {"threads": ["chatbridge-widget-rerun"]}
+    assert _printed(nb.cells[2]) == {"threads": [], "open_until_the_cell_ends": True}
+    assert _printed(nb.cells[3]) == {"closed": True, "comms_left": 0, "off_main": []}

@@ -62,7 +62,15 @@ class _Row:
     def close(self) -> None:
         for widget in (self.retry, self.actions, self.html, self.container):
             if widget is not None:
-                widget.close()
+                close_widget(widget)
+
+
+def close_widget(widget: widgets.Widget) -> None:
+    """Close a widget with its layout and style, which are widgets (comms) of their own."""
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            part.close()
+    widget.close()
 
 
 def _close_rows(rows: list[_Row]) -> None:
@@ -432,4 +440,4 @@ class ChatPanel:
             self.style,
             self.box,
         ):
-            widget.close()
+            close_widget(widget)

@@ -33,8 +33,9 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
@@ -47,7 +48,7 @@ from ..protocol import EventType, cid_from_hex, is_valid_session_id
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
 from .kernel_thread import KernelThread
-from .panel import ChatPanel
+from .panel import ChatPanel, close_widget
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,17 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
     to `AsyncChatClient` (e.g. `retry_delay`, `request_timeout`); at most
     `max_messages` messages are drawn, the most recent ones.
 
-    `close()` stops the client and its thread and removes the panel.
+    `close()` stops the client and its thread and removes the panel. The kernel keeps
+    every widget alive until it is closed (ipywidgets' registry and the comm table hold
+    it, since a front end may still show it), so a dropped widget is not collected; a
+    new `ChatWidget` on the same server and session closes the one before it, so a cell
+    run again leaves one panel running, not one per run.
     """
+
+    # The open widget of each (server, session) in this kernel: a re-run cell replaces it.
+    _current: ClassVar[weakref.WeakValueDictionary[tuple[str, str], ChatWidget]] = (
+        weakref.WeakValueDictionary()
+    )
 
     def __init__(
         self,
@@ -135,6 +145,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._thread.start()
         self._call_soon(self._boot)
         self.comm.on_close(self._closed_by_frontend)
+        previous = ChatWidget._current.get((server_url, session_id))
+        ChatWidget._current[(server_url, session_id)] = self
+        if previous is not None:
+            previous.close()
 
     # -- public API (any thread) -------------------------------------------------------------
 
@@ -442,7 +456,9 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
 
     def _close_widgets(self) -> None:
         self._panel.close()
+        layout = self.layout
         super().close()
+        close_widget(layout)
 
     # -- drawing (loop thread only) ------------------------------------------------------------
 
