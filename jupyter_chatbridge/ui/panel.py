@@ -256,11 +256,17 @@ class ChatPanel:
         if self.closed:
             return
         down = view.status in DEAD_STATUSES
-        if changes.entries or changes.order or down != self._drawn_down:
+        if changes.entries or changes.order or self.rows_made or down != self._drawn_down:
             self._draw_messages(view, changes.entries, recheck=down != self._drawn_down)
             self._drawn_down = down
         if changes.chrome:
             self._draw_chrome(view)
+
+    @property
+    def rows_made(self) -> bool:
+        """The kernel's thread made rows that the next `draw` puts in place."""
+        with self._made_lock:
+            return bool(self._made)
 
     @property
     def rows_pending(self) -> bool:

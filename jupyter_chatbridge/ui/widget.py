@@ -121,7 +121,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             on_banner_action=self._banner_action,
             on_status_action=self._status_action,
             kernel=self._kernel,
-            on_rows_made=lambda: self._call_soon(self._rows_made),
+            on_rows_made=lambda: self._call_soon(self._render_soon),
         )
         kwargs.setdefault("layout", widgets.Layout(width="100%", max_width="900px"))
         super().__init__(children=self._panel.children, **kwargs)
@@ -136,7 +136,6 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._open_lock: asyncio.Lock | None = None
         self._setting_up = True
         self._render_handle: asyncio.TimerHandle | None = None
-        self._rows_ready = False
         self._last_render = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -473,18 +472,11 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             delay, self._render, context=contextvars.Context()
         )
 
-    def _rows_made(self) -> None:
-        self._rows_ready = True
-        self._render_soon()
-
     def _render(self) -> None:
         self._render_handle = None
         self._last_render = self._loop.time()
         changes = self.view.take_changes()
-        if self._rows_ready:  # rows the kernel's thread made: put them in place
-            self._rows_ready = False
-            changes.order = True
-        if not changes or self._closed:
+        if (not changes and not self._panel.rows_made) or self._closed:
             return
         try:
             self._panel.draw(self.view, changes)
