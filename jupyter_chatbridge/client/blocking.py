@@ -11,21 +11,99 @@
 It runs an `AsyncChatClient` on a private event loop in a daemon thread, so the
 stream keeps reading even while the calling thread (or a notebook cell) is
 busy; every method is safe to call from any thread.
+
+A client that is dropped without `close()` (or rebound when a notebook cell runs
+again) cleans up after itself: nothing on its loop refers back to the `ChatClient`,
+so once the last reference goes, a finalizer schedules the same close on the loop
+and the loop thread closes its loop (and its resolver threads) as it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from typing import Any, TypeVar
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.ioloop import IOLoop
 
 from .api import MAX_BUFFERED_EVENTS, AsyncChatClient, AsyncSession
 from .outbox import OutboxEvent
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+# Seconds `close()` waits for the stream and outbox to stop.
+CLOSE_TIMEOUT = 30.0
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The client thread: run the loop until stopped, then close it and all it owns."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            rest = asyncio.all_tasks(loop)
+            for task in rest:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            # The resolver's worker threads (getaddrinfo) end with the loop.
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            _close_tornado(loop)
+
+
+def _close_tornado(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the loop with the tornado wrapper and HTTP client made for it, if any
+    (tornado keeps both in class-level maps until they are closed)."""
+    tornado_loop = IOLoop.current(instance=False)
+    if tornado_loop is None:
+        loop.close()
+        return
+    with contextlib.suppress(Exception):
+        AsyncHTTPClient().close()
+    tornado_loop.close()  # closes `loop` too
+
+
+def _shut_down(
+    loop: asyncio.AbstractEventLoop, aio: AsyncChatClient | None, thread: threading.Thread
+) -> Future[None] | None:
+    """Close `aio` on its loop, then stop the loop; returns at once (the one close path
+    of `ChatClient.close()` and of the finalizer of a dropped client)."""
+    if not thread.is_alive() or loop.is_closed():
+        return None
+
+    async def close_and_stop() -> None:
+        try:
+            if aio is not None:
+                await asyncio.wait_for(aio.close(), CLOSE_TIMEOUT)
+        finally:
+            loop.stop()
+
+    try:
+        return asyncio.run_coroutine_threadsafe(close_and_stop(), loop)
+    except RuntimeError:  # the loop closed meanwhile
+        return None
+
+
+def _offer_to(inbox: queue.Queue[Any]) -> Callable[[dict[str, Any]], None]:
+    """A session listener that fills `inbox` and refers to nothing else (no handle, no
+    client), so a listener on the loop never keeps a dropped `ChatClient` alive."""
+
+    def offer(event: dict[str, Any]) -> None:
+        # Bounded like AsyncSession.events(): a reader that stops must not grow memory.
+        with contextlib.suppress(queue.Full):
+            inbox.put_nowait(event)
+
+    return offer
 
 
 class ChatClient:
@@ -33,8 +111,9 @@ class ChatClient:
 
     def __init__(self, server_url: str | None = None, token: str | None = None, **kwargs: Any):
         self._loop = asyncio.new_event_loop()
+        # The thread gets the loop, never `self`: a running thread must not keep us alive.
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name="chatbridge-client", daemon=True
+            target=_run_loop, args=(self._loop,), name="chatbridge-client", daemon=True
         )
         self._thread.start()
         self._closed = False
@@ -45,9 +124,14 @@ class ChatClient:
         try:
             self.aio = self._call(make())
         except BaseException:
-            self._stop_loop()
+            _shut_down(self._loop, None, self._thread)
+            self._thread.join(CLOSE_TIMEOUT)
             raise
-        self._sessions: dict[str, Session] = {}
+        # Handles are remembered while the caller holds them (a strong map would be a
+        # cycle: each handle refers to its client); their inboxes are kept for good.
+        self._sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self._inboxes: dict[str, _Inbox] = {}
+        self._finalizer = weakref.finalize(self, _shut_down, self._loop, self.aio, self._thread)
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if self._closed:
@@ -90,13 +174,14 @@ class ChatClient:
         """A handle on a session (created if missing, watched; see `AsyncChatClient.session`)."""
         handle = self._sessions.get(session_id)
         if handle is None:
-            handle = Session(self, session_id)
+            inbox = self._inboxes.setdefault(session_id, _Inbox())
+            handle = Session(self, session_id, inbox)
             self._sessions[session_id] = handle
         handle.aio = self._call(
             self.aio.session(session_id, create=create, after_seq=after_seq, attach=attach),
             timeout,
         )
-        handle._subscribe()
+        handle._inbox.subscribe(handle.aio)
         return handle
 
     def list_sessions(self) -> list[dict[str, Any]]:
@@ -118,20 +203,19 @@ class ChatClient:
         return self._call(self.aio.history(session_id, after, limit))
 
     def close(self) -> None:
-        """Stop the client and its thread; nothing is left running (idempotent)."""
-        if self._closed:
-            return
-        try:
-            self._call(self.aio.close(), 30)
-        finally:
-            self._closed = True
-            self._stop_loop()
+        """Stop the client and its thread; nothing is left running (idempotent).
 
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
+        A client that is simply dropped is closed the same way, without waiting.
+        """
+        self._closed = True
+        closing = self._finalizer()  # None when it already ran
+        if threading.current_thread() is self._thread:
+            return  # called from the loop: it stops once this callback returns
+        try:
+            if closing is not None:
+                closing.result(CLOSE_TIMEOUT + 5)
+        finally:
+            self._thread.join(CLOSE_TIMEOUT)
 
     def __enter__(self) -> ChatClient:
         return self
@@ -140,25 +224,27 @@ class ChatClient:
         self.close()
 
 
+class _Inbox:
+    """A session's events for `Session.events()`, filled on the loop."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(MAX_BUFFERED_EVENTS)
+        self._subscribed: AsyncSession | None = None
+
+    def subscribe(self, handle: AsyncSession) -> None:
+        if handle is not self._subscribed:  # once per handle (a lost one is replaced)
+            self._subscribed = handle
+            handle.add_listener(_offer_to(self.queue))
+
+
 class Session:
     """Blocking handle on one session."""
 
-    def __init__(self, client: ChatClient, session_id: str) -> None:
+    def __init__(self, client: ChatClient, session_id: str, inbox: _Inbox) -> None:
         self.client = client
         self.id = session_id
         self.aio: AsyncSession
-        self._inbox: queue.Queue[Any] = queue.Queue(MAX_BUFFERED_EVENTS)
-        self._subscribed = False
-
-    def _subscribe(self) -> None:
-        if not self._subscribed:
-            self._subscribed = True
-            self.aio.add_listener(self._offer)
-
-    def _offer(self, event: dict[str, Any]) -> None:
-        # Bounded like AsyncSession.events(): a reader that stops must not grow memory.
-        with contextlib.suppress(queue.Full):
-            self._inbox.put_nowait(event)
+        self._inbox = inbox
 
     def send(self, text: str, *, wait: bool = True, timeout: float | None = 60.0) -> Any:
         """Send a message. With `wait`, block until the server's receipt and return it
@@ -184,7 +270,7 @@ class Session:
         """
         while True:
             try:
-                event = self._inbox.get(timeout=timeout)
+                event = self._inbox.queue.get(timeout=timeout)
             except queue.Empty:
                 return
             yield event

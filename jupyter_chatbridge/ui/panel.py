@@ -2,15 +2,16 @@
 
 `ChatPanel` owns the widgets (message list, input, Send, status line, banner)
 and redraws only what a `Changes` names. It does no I/O and starts no thread:
-`ChatWidget` calls `draw` from its client's thread, and the panel reports the
-user's actions through the callbacks it was given. All user and agent text is
-escaped: an HTML widget renders whatever it is given.
+`ChatWidget` calls `draw` from its client's thread, which only changes existing
+widgets; widgets are made and closed on the kernel's thread (`kernel_thread`). The
+panel reports the user's actions through the callbacks it was given. The HTML
+(escaped) is in `panel_html`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -19,7 +20,23 @@ import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from ..client.stream import ConnectionStatus
 from . import panel_style as css
-from .chatview import Banner, Changes, ChatView, Delivery, Entry
+from .chatview import Changes, ChatView, Delivery, Entry
+from .kernel_thread import KernelThread
+from .panel_html import (
+    _ERROR,
+    _FONT,
+    _MUTED,
+    _SMALL,
+    _text,
+    banner_html,
+    delivery_html,
+    entry_html,
+    row_classes,
+    status_html,
+    waiting_rows_html,
+)
+
+__all__ = ["ChatPanel", "banner_html", "delivery_html", "entry_html", "status_html"]
 
 # Seconds a submit waits for its text when no text update follows it (see _request_submit),
 # and how long it keeps checking while the input is still empty: the text's update can
@@ -30,116 +47,12 @@ DEAD_STATUSES: Final = frozenset(
     {ConnectionStatus.OFFLINE, ConnectionStatus.FAILED, ConnectionStatus.CLOSED}
 )
 
-# -- HTML (pure functions) ------------------------------------------------------------------
-
-_FONT = "font-family:var(--jp-ui-font-family,sans-serif);line-height:1.45"
-_SMALL = "font-size:var(--jp-ui-font-size0,11px)"
-_MUTED = "var(--jp-ui-font-color2,#757575)"
-_WARN = "var(--jp-warn-color0,#b26b00)"
-_ERROR = "var(--jp-error-color1,#d32f2f)"
-_OK = "var(--jp-success-color1,#388e3c)"
-_BUBBLE = "padding:6px 10px;max-width:85%;white-space:pre-wrap;overflow-wrap:anywhere"
-_USER_BUBBLE = (
-    f"{_BUBBLE};background:var(--jp-brand-color3,#c6dbf5);color:#111;"
-    "border-radius:12px 12px 2px 12px"
-)
-_AGENT_BUBBLE = (
-    f"{_BUBBLE};background:var(--jp-layout-color2,#eeeeee);"
-    "color:var(--jp-ui-font-color0,#111);border-radius:12px 12px 12px 2px"
-)
-
-
-def _text(value: str) -> str:
-    return html.escape(value, quote=True)
-
-
-def delivery_html(entry: Entry, *, connection_down: bool = False) -> str:
-    """The small state line under a message sent from this panel ('' if none)."""
-    if entry.delivery is None:
-        return ""
-    if entry.delivery is Delivery.DELIVERED:
-        color, label = _OK, "✓ delivered"
-    elif entry.delivery is Delivery.PENDING:
-        color = _MUTED
-        label = "sending… (waiting for the connection)" if connection_down else "sending…"
-    elif entry.delivery is Delivery.RETRYING:
-        when = f" in {entry.retry_in:.0f} s" if entry.retry_in is not None else ""
-        color, label = _WARN, f"⚠ delivery delayed, retrying{when}… ({entry.error})"
-    else:
-        color, label = _ERROR, f"✗ not delivered: {entry.error}"
-    return (
-        f'<div class="chatbridge-delivery" style="{_SMALL};color:{color};text-align:right">'
-        f"{_text(label)}</div>"
-    )
-
-
-def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
-    """One message as HTML: a bubble (user right, agent left) or a centred notice."""
-    if entry.role == "notice":
-        color = _ERROR if entry.error else _MUTED
-        return (
-            f'<div style="{_FONT};{_SMALL};color:{color};text-align:center;margin:4px 0">'
-            f"{_text(entry.text)}</div>"
-        )
-    if entry.role == "user":
-        bubble = f'<div class="chatbridge-bubble" style="{_USER_BUBBLE}">{_text(entry.text)}</div>'
-        return (
-            f'<div style="{_FONT};margin:3px 0">'
-            f'<div style="display:flex;justify-content:flex-end">{bubble}</div>'
-            f"{delivery_html(entry, connection_down=connection_down)}</div>"
-        )
-    body = _text(entry.text)
-    if not entry.done and not entry.error:
-        body += f'<span style="color:{_MUTED}">▍</span>'
-    if not body:
-        body = f'<span style="color:{_MUTED}">…</span>'
-    error = ""
-    if entry.error:
-        error = (
-            f'<div style="{_SMALL};color:{_ERROR}">✗ the agent failed: {_text(entry.error)}</div>'
-        )
-    return (
-        f'<div style="{_FONT};margin:3px 0">'
-        f'<div style="display:flex;justify-content:flex-start">'
-        f'<div class="chatbridge-bubble" style="{_AGENT_BUBBLE}">{body}</div></div>{error}</div>'
-    )
-
-
-def status_html(view: ChatView) -> str:
-    """The status line: session, connection state, and its detail."""
-    status = view.status
-    if status is ConnectionStatus.CONNECTED:
-        color = _OK
-    elif status in (ConnectionStatus.OFFLINE, ConnectionStatus.FAILED):
-        color = _ERROR
-    elif status is ConnectionStatus.RECONNECTING:
-        color = _WARN
-    else:
-        color = _MUTED
-    detail = view.status_detail
-    extra = f' <span style="color:{_MUTED}">· {_text(detail)}</span>' if detail else ""
-    return (
-        f'<div style="{_FONT};{_SMALL}">'
-        f'<span style="color:{color}">●</span> <b>{_text(view.session_id)}</b>'
-        f' · <span style="color:{color}">{_text(view.status_line)}</span>{extra}</div>'
-    )
-
-
-def banner_html(banner: Banner) -> str:
-    """The banner's text, styled as a warning."""
-    return (
-        f'<div style="{_FONT};padding:6px 10px;border-radius:4px;'
-        "background:var(--jp-warn-color3,#fff3cd);color:#5d4200;"
-        f'border:1px solid var(--jp-warn-color1,#ffc107)">⚠ {_text(banner.text)}</div>'
-    )
-
-
 # -- widgets ----------------------------------------------------------------------------------
 
 
 @dataclass
 class _Row:
-    """The widgets of one message in the list."""
+    """The widgets of one message in the list (made on the kernel's thread)."""
 
     container: widgets.Widget
     html: widgets.HTML
@@ -149,7 +62,20 @@ class _Row:
     def close(self) -> None:
         for widget in (self.retry, self.actions, self.html, self.container):
             if widget is not None:
-                widget.close()
+                close_widget(widget)
+
+
+def close_widget(widget: widgets.Widget) -> None:
+    """Close a widget with its layout and style, which are widgets (comms) of their own."""
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            part.close()
+    widget.close()
+
+
+def _close_rows(rows: list[_Row]) -> None:
+    for row in rows:
+        row.close()
 
 
 class ChatPanel:
@@ -158,7 +84,10 @@ class ChatPanel:
     `on_text(text)` is called (on the kernel's thread) with what the user sent and
     returns whether it was taken, which clears the input; `on_retry(client_msg_id)`,
     `on_banner_action()` and `on_status_action()` report the buttons. `draw` may be
-    called from another thread, but from one at a time.
+    called from another thread, but from one at a time: it only changes existing
+    widgets. New rows are made on the kernel's thread (`kernel`); until they are, their
+    messages are drawn into one "waiting rows" widget, so an answer keeps streaming in
+    while a cell keeps that thread busy. `on_rows_made()` says when to draw again.
     """
 
     def __init__(
@@ -170,12 +99,21 @@ class ChatPanel:
         on_retry: Callable[[str], None],
         on_banner_action: Callable[[], None],
         on_status_action: Callable[[], None],
+        kernel: KernelThread | None = None,
+        on_rows_made: Callable[[], None] = lambda: None,
     ) -> None:
         self.max_messages = max(1, max_messages)
+        self.kernel = kernel or KernelThread()
+        self._on_rows_made = on_rows_made
+        # Rows asked of the kernel's thread, and those it made that `draw` has not taken.
+        self._requested: set[str] = set()
+        self._made: dict[str, _Row] = {}
+        self._made_lock = threading.Lock()
         self._on_text = on_text
         self._on_retry = on_retry
         self.rows: dict[str, _Row] = {}
         self._shown: list[str] = []
+        self._waiting_shown = False
         self._drawn_down = False
         self.closed = False
         self.banner_text = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
@@ -193,6 +131,7 @@ class ChatPanel:
         )
         self.thinking_row.add_class(css.THINKING)
         self.more = widgets.HTML(layout=widgets.Layout(display="none", flex="0 0 auto"))
+        self.waiting_rows = widgets.HTML(layout=widgets.Layout(flex="0 0 auto"))
         self.empty = widgets.HTML(
             f'<div style="{_FONT};{_SMALL};color:{_MUTED};text-align:center;margin:8px">'
             "No messages yet. Type below and press Enter.</div>"
@@ -317,11 +256,22 @@ class ChatPanel:
         if self.closed:
             return
         down = view.status in DEAD_STATUSES
-        if changes.entries or changes.order or down != self._drawn_down:
+        if changes.entries or changes.order or self.rows_made or down != self._drawn_down:
             self._draw_messages(view, changes.entries, recheck=down != self._drawn_down)
             self._drawn_down = down
         if changes.chrome:
             self._draw_chrome(view)
+
+    @property
+    def rows_made(self) -> bool:
+        """The kernel's thread made rows that the next `draw` puts in place."""
+        with self._made_lock:
+            return bool(self._made)
+
+    @property
+    def rows_pending(self) -> bool:
+        """Rows are asked of the kernel's thread and not all drawn yet."""
+        return bool(self._requested)
 
     def _draw_messages(self, view: ChatView, changed: set[str], *, recheck: bool) -> None:
         # `recheck`: the connection went down or came back, which pending messages mention.
@@ -329,45 +279,102 @@ class ChatPanel:
         entries = view.entries
         visible = entries[-self.max_messages :]
         keys = [entry.key for entry in visible]
-        for entry in visible:
-            row = self.rows.get(entry.key)
-            if row is None:
-                self.rows[entry.key] = self._make_row(entry, down)
-            elif entry.key in changed or (recheck and entry.delivery is Delivery.PENDING):
-                self._update_row(row, entry, down)
-        if keys != self._shown:
-            for key in set(self.rows) - set(keys):
-                self.rows.pop(key).close()
-            self._shown = keys
+        made = self._take_made_rows()
+        self._ask_for_rows([e for e in visible if e.key not in self.rows], down)
+        made |= self._take_made_rows()  # made at once when this is the kernel's thread
+        # Rows are shown up to the first message with none yet; it and those after it are
+        # drawn into `waiting_rows`, in order, until their rows exist.
+        first_waiting = next(
+            (i for i, entry in enumerate(visible) if entry.key not in self.rows), len(visible)
+        )
+        shown = keys[:first_waiting]
+        for entry in visible[:first_waiting]:
+            if (
+                entry.key in changed
+                or entry.key in made
+                or entry.key not in self._shown
+                or (recheck and entry.delivery is Delivery.PENDING)
+            ):
+                self._update_row(self.rows[entry.key], entry, down)
+        waiting = visible[first_waiting:]
+        if waiting:
+            value = waiting_rows_html(waiting, connection_down=down)
+            if self.waiting_rows.value != value:
+                self.waiting_rows.value = value
+        gone = [self.rows.pop(key) for key in set(self.rows) - set(keys)]
+        if gone:
+            self.kernel.run(lambda: _close_rows(gone))
+        if shown != self._shown or bool(waiting) != self._waiting_shown:
+            self._shown = shown
+            self._waiting_shown = bool(waiting)
             hidden = len(entries) - len(visible)
             self.more.value = (
                 f'<div style="{_FONT};{_SMALL};color:{_MUTED};text-align:center">'
                 f"… {hidden} earlier message{'' if hidden == 1 else 's'} not shown</div>"
             )
             self.more.layout.display = "" if hidden else "none"
-            rows = [self.rows[key].container for key in reversed(keys)]
+            rows = [self.rows[key].container for key in reversed(shown)]
+            if waiting:
+                rows.insert(0, self.waiting_rows)
             self.messages.children = (
-                [self.thinking_row, *rows, self.more]
-                if rows
-                else [
-                    self.thinking_row,
-                    self.empty,
-                ]
+                [self.thinking_row, *rows, self.more] if rows else [self.thinking_row, self.empty]
             )
 
-    def _make_row(self, entry: Entry, down: bool) -> _Row:
-        html_widget = widgets.HTML(
-            entry_html(entry, connection_down=down), layout=widgets.Layout(flex="0 0 auto")
-        )
-        if entry.delivery is None:
-            html_widget.add_class(css.ROW)
-            html_widget.add_class(f"chatbridge-{entry.role}")
+    def _take_made_rows(self) -> set[str]:
+        with self._made_lock:
+            made, self._made = self._made, {}
+        for key, row in made.items():
+            self._requested.discard(key)
+            self.rows[key] = row
+        return set(made)
+
+    def _ask_for_rows(self, entries: list[Entry], down: bool) -> None:
+        """Ask the kernel's thread for the rows of `entries` (each once)."""
+        wanted = [entry for entry in entries if entry.key not in self._requested]
+        if not wanted:
+            return
+        self._requested.update(entry.key for entry in wanted)
+        # What the kernel's thread needs, copied: the view belongs to this thread.
+        specs = [
+            (
+                e.key,
+                entry_html(e, connection_down=down),
+                row_classes(e),
+                None if e.delivery is None else e.client_msg_id or "",
+            )
+            for e in wanted
+        ]
+
+        def make() -> None:
+            if self.closed:
+                return
+            rows = {key: self._make_row(value, names, own) for key, value, names, own in specs}
+            with self._made_lock:
+                self._made.update(rows)
+            self._on_rows_made()
+
+        self.kernel.run(make)
+
+    def _make_row(self, value: str, classes: list[str], client_msg_id: str | None) -> _Row:
+        """One message's widgets (kernel thread). Own messages get their Retry button
+        now, shown only when needed, so that drawing never has to make a widget."""
+        html_widget = widgets.HTML(value, layout=widgets.Layout(flex="0 0 auto"))
+        if client_msg_id is None:
+            for name in classes:
+                html_widget.add_class(name)
             return _Row(html_widget, html_widget)
         # A box: the row keeps its natural height only with flex 0 0 auto (see panel_style).
         row = _Row(widgets.VBox([html_widget], layout=widgets.Layout(flex="0 0 auto")), html_widget)
-        row.container.add_class(css.ROW)
-        row.container.add_class("chatbridge-own")
-        self._update_actions(row, entry)
+        for name in classes:
+            row.container.add_class(name)
+        row.retry = widgets.Button(
+            description="Retry",
+            button_style="warning",
+            tooltip="Send this message again",
+            layout=widgets.Layout(width="auto"),
+        )
+        row.retry.on_click(lambda _: self._on_retry(client_msg_id))
+        row.actions = widgets.HBox([row.retry], layout=widgets.Layout(justify_content="flex-end"))
         return row
 
     def _update_row(self, row: _Row, entry: Entry, down: bool) -> None:
@@ -379,18 +386,6 @@ class ChatPanel:
 
     def _update_actions(self, row: _Row, entry: Entry) -> None:
         wanted = entry.delivery is Delivery.FAILED and entry.retry_offered
-        if wanted and row.retry is None:
-            client_msg_id = entry.client_msg_id or ""
-            row.retry = widgets.Button(
-                description="Retry",
-                button_style="warning",
-                tooltip="Send this message again",
-                layout=widgets.Layout(width="auto"),
-            )
-            row.retry.on_click(lambda _: self._on_retry(client_msg_id))
-            row.actions = widgets.HBox(
-                [row.retry], layout=widgets.Layout(justify_content="flex-end")
-            )
         shown = list(row.container.children)
         target = [row.html, row.actions] if wanted and row.actions is not None else [row.html]
         if shown != target:
@@ -422,17 +417,22 @@ class ChatPanel:
             self.hint.layout.display = "none"
 
     def close(self) -> None:
-        """Close every widget of the panel (call once nothing draws any more)."""
+        """Close every widget of the panel (on the kernel's thread, once nothing draws
+        any more)."""
         self.closed = True
-        for row in self.rows.values():
+        with self._made_lock:
+            made, self._made = self._made, {}
+        for row in [*self.rows.values(), *made.values()]:
             row.close()
         self.rows.clear()
+        self._requested.clear()
         for widget in (
             self.banner_button,
             self.banner_text,
             self.banner_box,
             self.thinking_row,
             self.more,
+            self.waiting_rows,
             self.empty,
             self.messages,
             self.input,
@@ -446,4 +446,4 @@ class ChatPanel:
             self.style,
             self.box,
         ):
-            widget.close()
+            close_widget(widget)

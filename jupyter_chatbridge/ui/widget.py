@@ -10,7 +10,10 @@ client (`AsyncChatClient`, one for the widget's life: its outbox is the only
 outbox, its stream reconnects with the same cid), the view state (`ChatView`)
 and every redraw live on that thread, so the answer keeps streaming into the panel while a cell
 blocks the kernel (a kernel's own asyncio loop stalls then). ipykernel sends
-widget updates from any thread through its IOPub thread. The kernel's main
+widget updates from any thread through its IOPub thread. Widgets themselves
+(comms) are made and closed only on the kernel's main thread (see
+`kernel_thread`): a new message is drawn into a waiting-rows widget until the
+kernel's thread has made its row. The kernel's main
 thread only reads the input box and hands actions to the loop; clicks and
 Enter are delivered by the kernel, so, as for every ipywidget, they wait until
 the running cell finishes.
@@ -30,8 +33,9 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, ClassVar, Final, TypeVar
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
@@ -43,7 +47,8 @@ from ..client.transport import HTTPStatusError, TransportError
 from ..protocol import EventType, cid_from_hex, is_valid_session_id
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
-from .panel import ChatPanel
+from .kernel_thread import KernelThread
+from .panel import ChatPanel, close_widget
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,17 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
     to `AsyncChatClient` (e.g. `retry_delay`, `request_timeout`); at most
     `max_messages` messages are drawn, the most recent ones.
 
-    `close()` stops the client and its thread and removes the panel.
+    `close()` stops the client and its thread and removes the panel. The kernel keeps
+    every widget alive until it is closed (ipywidgets' registry and the comm table hold
+    it, since a front end may still show it), so a dropped widget is not collected; a
+    new `ChatWidget` on the same server and session closes the one before it, so a cell
+    run again leaves one panel running, not one per run.
     """
+
+    # The open widget of each (server, session) in this kernel: a re-run cell replaces it.
+    _current: ClassVar[weakref.WeakValueDictionary[tuple[str, str], ChatWidget]] = (
+        weakref.WeakValueDictionary()
+    )
 
     def __init__(
         self,
@@ -98,6 +112,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._token = token
         self._client_options = dict(client_options or {})
         self._closed = False
+        self._kernel = KernelThread.of_this_kernel()
         self._panel = ChatPanel(
             height=height,
             max_messages=max_messages,
@@ -105,6 +120,8 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             on_retry=self.retry,
             on_banner_action=self._banner_action,
             on_status_action=self._status_action,
+            kernel=self._kernel,
+            on_rows_made=lambda: self._call_soon(self._render_soon),
         )
         kwargs.setdefault("layout", widgets.Layout(width="100%", max_width="900px"))
         super().__init__(children=self._panel.children, **kwargs)
@@ -127,6 +144,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._thread.start()
         self._call_soon(self._boot)
         self.comm.on_close(self._closed_by_frontend)
+        previous = ChatWidget._current.get((server_url, session_id))
+        ChatWidget._current[(server_url, session_id)] = self
+        if previous is not None:
+            previous.close()
 
     # -- public API (any thread) -------------------------------------------------------------
 
@@ -170,6 +191,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         """
         deadline = time.monotonic() + timeout
         while not self._on_loop(self._idle):
+            self._kernel.drain()  # on the kernel's thread, its rows cannot wait for it
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
@@ -400,6 +422,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             and not self.view.thinking
             and not any(e.delivery is Delivery.RETRYING for e in self.view.unfinished)
             and self._render_handle is None
+            and not self._panel.rows_pending
         )
 
     async def _shutdown(self) -> None:
@@ -427,8 +450,14 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._thread.join(LOOP_CALL_TIMEOUT)
         if not self._thread.is_alive() and not self._loop.is_closed():
             self._loop.close()
+        # Comms are closed on the kernel's thread: at once if this is it, else at its next turn.
+        self._kernel.run(self._close_widgets)
+
+    def _close_widgets(self) -> None:
         self._panel.close()
+        layout = self.layout
         super().close()
+        close_widget(layout)
 
     # -- drawing (loop thread only) ------------------------------------------------------------
 
@@ -447,7 +476,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._render_handle = None
         self._last_render = self._loop.time()
         changes = self.view.take_changes()
-        if not changes or self._closed:
+        if (not changes and not self._panel.rows_made) or self._closed:
             return
         try:
             self._panel.draw(self.view, changes)

@@ -1,0 +1,136 @@
+"""`ChatWidget` in a real kernel: its widgets (comms) are made and closed only on the
+kernel's main thread, while the answer still streams into the panel during a busy cell.
+
+The kernel's shell handlers iterate its comm table with no lock (`comm_info_request`),
+so a comm registered from another thread can break them. The notebook records the thread
+of every `CommManager.register_comm` / `unregister_comm` call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from .test_notebooks import kernel_env  # noqa: F401  (the kernel finds this server)
+
+RECORD = """
+import json, threading
+from comm.base_comm import CommManager
+calls = []
+def recorded(name):
+    original = getattr(CommManager, name)
+    def wrapper(self, comm):
+        calls.append((name, threading.current_thread().name))
+        return original(self, comm)
+    setattr(CommManager, name, wrapper)
+recorded("register_comm")
+recorded("unregister_comm")
+def panel_text(widget):
+    '''Every HTML value drawn in the panel's message list, nested boxes included.'''
+    values, todo = [], [widget._panel.messages]
+    while todo:
+        item = todo.pop()
+        values.append(str(getattr(item, "value", "")))
+        todo.extend(getattr(item, "children", ()))
+    return " ".join(values)
+"""
+OPEN = """
+from jupyter_chatbridge import ChatWidget
+w = ChatWidget("kernel-threads")
+display(w)
+assert w.wait_until_idle(30)
+"""
+# The cell keeps the kernel's main thread busy until the answer is in the panel (or 30 s).
+BUSY = """
+import time
+w.send_message("streams while busy")
+deadline = time.monotonic() + 30
+while "Echo: streams while busy" not in panel_text(w) and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps({"streamed": "Echo: streams while busy" in panel_text(w)}))
+"""
+CLOSE = """
+assert w.wait_until_idle(30)
+rows = len(w._panel.rows)
+w.close()
+print(json.dumps({"calls": calls, "rows": rows, "closed": w.comm is None}))
+"""
+
+
+def _printed(cell: Any) -> dict[str, Any]:
+    text = "".join(o.get("text", "") for o in cell.outputs if o["output_type"] == "stream")
+    return dict(json.loads(text.strip().splitlines()[-1]))
+
+
+@pytest.mark.timeout(120)
+async def test_widgets_are_made_and_closed_on_the_kernel_thread_while_answers_stream(
+    kernel_env: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (RECORD, OPEN, BUSY, CLOSE)]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    await client.async_execute()
+    for cell in nb.cells:
+        for output in cell.outputs:
+            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    assert _printed(nb.cells[2]) == {"streamed": True}  # drawn while the cell was busy
+    result = _printed(nb.cells[3])
+    assert result["closed"] and result["rows"] == 2  # the rows were made after the cell
+    calls = result["calls"]
+    assert {name for name, _ in calls} == {"register_comm", "unregister_comm"}
+    assert {thread for _, thread in calls} == {"MainThread"}, calls
+
+
+RERUN = """
+import threading
+from jupyter_chatbridge import ChatWidget
+def widget_threads():
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("chatbridge-widget"))
+comms_before = len(get_ipython().kernel.comm_manager.comms)
+for _ in range(3):  # the same cell, run three times
+    w = ChatWidget("rerun")
+    display(w)
+    assert w.wait_until_idle(30)
+print(json.dumps({"threads": widget_threads()}))
+"""
+# Closed from another thread while the kernel's thread is busy: the comms wait for it.
+CLOSE_ELSEWHERE = """
+closer = threading.Thread(target=w.close)
+closer.start()
+closer.join(30)
+print(json.dumps({"threads": widget_threads(), "open_until_the_cell_ends": w.comm is not None}))
+"""
+AFTER = """
+print(json.dumps({
+    "closed": w.comm is None,
+    "comms_left": len(get_ipython().kernel.comm_manager.comms) - comms_before,
+    "off_main": [c for c in calls if c[1] != "MainThread"],
+}))
+"""
+
+
+@pytest.mark.timeout(120)
+async def test_a_cell_run_again_leaves_one_panel_and_close_leaves_nothing(
+    kernel_env: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (RECORD, RERUN, CLOSE_ELSEWHERE, AFTER)]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    await client.async_execute()
+    for cell in nb.cells:
+        for output in cell.outputs:
+            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    assert _printed(nb.cells[1]) == {"threads": ["chatbridge-widget-rerun"]}
+    assert _printed(nb.cells[2]) == {"threads": [], "open_until_the_cell_ends": True}
+    assert _printed(nb.cells[3]) == {"closed": True, "comms_left": 0, "off_main": []}
