@@ -109,7 +109,14 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
             self.log.error("%s", exc)
             raise
         limits = limits_from(self)
-        bridge = ChatBridge(limits, LoopScheduler(), self._make_agent, log=self.log, store=store)
+        bridge = ChatBridge(
+            limits,
+            LoopScheduler(),
+            self._make_agent,
+            log=self.log,
+            store=store,
+            validate_settings=self.agent_class.validate_settings,
+        )
         try:
             restored = bridge.restore()
         except Exception as exc:

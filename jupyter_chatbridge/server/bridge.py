@@ -28,7 +28,13 @@ from .fanout import Fanout, FrameSink, SessionSocket
 from .limits import BridgeLimits
 from .recovery import INTERRUPTED_MESSAGE, recover
 from .runner import AgentFactory, AgentRunner
-from .sessions import MAX_SETTINGS_BYTES, SendResult, SessionService
+from .sessions import (
+    MAX_SETTINGS_BYTES,
+    SendResult,
+    SessionService,
+    SettingsValidator,
+    StopResult,
+)
 from .state import (
     Connection,
     ConnectionRegistry,
@@ -49,6 +55,7 @@ __all__ = [
     "FrameSink",
     "SendResult",
     "SessionSocket",
+    "StopResult",
 ]
 
 
@@ -62,6 +69,7 @@ class ChatBridge:
         agent_factory: AgentFactory,
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         store: SessionStore | None = None,
+        validate_settings: SettingsValidator | None = None,
     ) -> None:
         self.limits = limits
         self.scheduler = scheduler
@@ -81,7 +89,9 @@ class ChatBridge:
             sink=store,
         )
         self.fanout = Fanout(self.connections, self.streams, store, scheduler, self.log)
-        self.runner = AgentRunner(self.fanout, agent_factory, self.log)
+        self.runner = AgentRunner(
+            self.fanout, agent_factory, self.log, max_context_chars=limits.max_context_chars
+        )
         self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
         )
@@ -93,6 +103,7 @@ class ChatBridge:
             limits,
             scheduler,
             store,
+            validate_settings,
         )
 
     @property
@@ -211,6 +222,10 @@ class ChatBridge:
             session_id, client_msg_id, text, connection_id, owner
         )
 
+    async def stop_answer(self, session_id: str, message_id: str | None = None) -> StopResult:
+        """Stop the running answer (or the one named); returns once its end is committed."""
+        return await self.session_service.stop_answer(session_id, message_id)
+
     async def commit(self) -> None:
         """Wait until everything so far is durable; a store failure is a 503."""
         await self.session_service.commit()
@@ -254,6 +269,10 @@ class ChatBridge:
             for event_type, fields in recovery.append:
                 self.fanout.publish(session, event_type, fields)
             session.pending.extend(recovery.requeue)
+            # Answers go in seq order: every message before the first requeued one was answered.
+            session.last_answered = (
+                recovery.requeue[0].seq - 1 if recovery.requeue else session.log.last_seq
+            )
         if len(self.sessions) > self.limits.max_sessions:
             self.log.warning(
                 "chatbridge: restored %d sessions, over max_sessions (%d); "

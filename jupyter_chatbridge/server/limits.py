@@ -51,6 +51,11 @@ class BridgeLimits:
         "Unsent bytes an event stream may queue for a client that stopped reading; "
         "past this the stream is dropped (the client resumes with Last-Event-ID).",
     )
+    max_context_chars: int = _limit(
+        50000,
+        "Characters of earlier conversation (user messages and answers) handed to the "
+        "agent with each message (`UserMessage.history`); the oldest turns are dropped first.",
+    )
     busy_retry_after: int = _limit(
         1, "Seconds a refused client is told to wait (Retry-After) after a 429 or 503 busy."
     )
