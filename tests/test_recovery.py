@@ -53,9 +53,7 @@ def test_a_cut_answer_is_closed_with_an_error_and_its_end() -> None:
 
 def test_a_cut_answer_that_already_reported_an_error_gets_only_its_end() -> None:
     cut = log(user("a", "hi"), start(1), ("error", {"message": "boom", "messageId": "m1"}))
-    assert recover(cut).append == [
-        ("message_end", {"messageId": "m1", "reason": "interrupted"})
-    ]
+    assert recover(cut).append == [("message_end", {"messageId": "m1", "reason": "interrupted"})]
 
 
 def test_accepted_messages_no_answer_started_for_are_queued_again_in_order() -> None:
