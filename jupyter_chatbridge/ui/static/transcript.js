@@ -15,6 +15,8 @@
 import { outcomeOf } from "./outbox.js";
 
 export const LOST_BY_SERVER = "lost by the server";
+// How an answer can end: message_end's reason on the wire.
+const ENDINGS = new Set(["complete", "stopped", "error", "interrupted"]);
 
 function int(value) {
   return Number.isInteger(value) ? value : null;
@@ -37,6 +39,7 @@ class Message {
     Object.assign(this, { retryInMs: null, status: null, retryOffered: false });
     // agent answers
     Object.assign(this, { messageId: null, replyTo: null, done: false });
+    this.ended = null; // how an answer ended (complete|stopped|error|interrupted); null while it streams
     this.error = null; // an answer's agent error, a send failure, or a notice's trouble
   }
 
@@ -65,6 +68,7 @@ class Message {
         messageId: this.messageId,
         replyTo: this.replyTo,
         done: this.done,
+        ended: this.ended,
         error: this.error,
       });
     }
@@ -272,6 +276,8 @@ export class Transcript {
   messageEnd(event, seq) {
     const message = this.answer(event, seq);
     message.done = true;
+    // message_end's reason; a server before reasons: error if an error named it, else complete.
+    message.ended = ENDINGS.has(event.reason) ? event.reason : message.error !== null ? "error" : "complete";
     this.openAnswers.delete(message.key);
     if (message.replyTo !== null) {
       this.unanswered.delete(message.replyTo);
