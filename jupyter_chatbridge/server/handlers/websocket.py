@@ -57,6 +57,9 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
 
     def open(self, session_id: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
+        # Tornado leaves Nagle on for WebSockets: an ack or a small event frame would
+        # wait for the client's delayed ACK (~40 ms) before the next frame goes out.
+        self.set_nodelay(True)
         if session_id not in self.bridge.sessions:
             self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
             return
