@@ -50,7 +50,7 @@ async def test_stop_makes_a_waiting_ask_raise_answer_stopped_with_the_partial_te
 async def test_the_blocking_session_stop_and_the_next_message_is_answered(
     server_url: str, token: str, bridge: ChatBridge
 ) -> None:
-    def script() -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, Any]], str]:
+    def script() -> tuple[dict[str, Any], dict[str, Any], list[tuple[Any, ...]], str]:
         with ChatClient(server_url, token) as chat:
             demo = chat.session("demo")
             first = demo.send("one")
