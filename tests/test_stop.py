@@ -14,6 +14,7 @@ import pytest
 
 from jupyter_chatbridge.server.bridge import ChatBridge
 
+from .agents import HistoryAgent
 from .support import Api, EventStream, StreamFactory, new_cid
 
 STALLED = pytest.mark.chatbridge(agent={"chunk_delay": 3600.0})
@@ -206,3 +207,31 @@ async def test_a_stop_frame_on_the_websocket_stops_the_answer_and_is_answered(
     refused = await read_until(lambda f: f.get("type") == "nack")
     assert refused["code"] == "bad_request"
     ws.close()
+
+
+@pytest.mark.chatbridge(agent_class=HistoryAgent, max_context_chars=60)
+async def test_each_answer_gets_the_conversation_before_it_without_rereading_the_log(
+    api: Api, streams: StreamFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = await _watching(api, streams)
+    await _send(api, "first", "c1")
+    await stream.wait_for(lambda s: _ends(s) == 1)
+    # From now on the runner keeps the context itself: the log is not parsed again.
+    monkeypatch.setattr(
+        "jupyter_chatbridge.server.runner.conversation_before",
+        lambda *a, **k: pytest.fail("the log was parsed again for an answer's context"),
+    )
+    for number in (2, 3):
+        await _send(api, f"q{number}", f"c{number}")
+        await stream.wait_for(lambda s, n=number: _ends(s) == n)
+    answers = [e["text"] for e in stream.session_events("s1") if e["type"] == "block_delta"]
+    assert answers[0] == "0 turns: "
+    assert answers[1] == "2 turns: user:None:first | assistant:complete:0 turns: "
+    # 60 characters: the second answer (55) and its question (2) fit, the first exchange
+    # (5 + 9) no longer does; whole turns are dropped, oldest first.
+    assert len(answers[1]) == 55
+    assert answers[2] == f"2 turns: user:None:q2 | assistant:complete:{answers[1]}"
+
+
+def _ends(stream: EventStream) -> int:
+    return sum(e["type"] == "message_end" for e in stream.session_events("s1"))
