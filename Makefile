@@ -53,8 +53,7 @@ lint: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/ruff check jupyter_chatbridge tests
 	$(BIN)/ruff format --check jupyter_chatbridge tests
-	$(BIN)/mypy jupyter_chatbridge/server jupyter_chatbridge/protocol jupyter_chatbridge/client \
-		jupyter_chatbridge/testing jupyter_chatbridge/clock.py jupyter_chatbridge/ui/chatview.py
+	$(BIN)/mypy jupyter_chatbridge
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts

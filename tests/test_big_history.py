@@ -1,7 +1,8 @@
 """Long conversations on a real server with every default: any history size replays.
 
-A session with 10,000 events or 10 MB of history is watched from seq 0 and
-delivered whole, once, in order; forty connections watching a 5 MB session do
+A session with 10,000 events or 10 MB of history is watched from seq 0 (on the
+event stream, and over the session WebSocket) and delivered whole, once, in
+order; forty connections watching a 5 MB session do
 not cost the server forty copies of it; and a client whose connection expired
 during an outage while a megabyte of history piled up converges instead of
 being dropped as a slow consumer over and over.
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from jupyter_chatbridge.client import AsyncChatClient, ConnectionStatus, StatusChange
 from jupyter_chatbridge.clock import FakeScheduler
@@ -160,7 +162,7 @@ async def read_session_from_zero(server: ServerProcess, session_id: str, last_se
         )
         assert status == 200
         received, tail = 0, b""
-        end = f'"seq": {last_seq},'.encode()
+        end = f'"seq":{last_seq},'.encode()
         while True:
             chunk = await asyncio.wait_for(reader.read(1 << 16), BIG_WAIT)
             assert chunk, f"stream ended after {received} events"
@@ -281,3 +283,65 @@ async def test_an_outage_longer_than_the_ttl_with_a_megabyte_of_new_history_conv
     finally:
         await client.close()
         await proxy.cut()
+
+
+async def test_a_ten_megabyte_session_replays_whole_over_the_websocket(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    await server.start()
+    last_seq = await fill(server, "huge", [one_word(64_000, i) for i in range(80)])
+    _, history = await rest(server, "GET", f"sessions/huge/events?after=0&limit={last_seq}")
+    socket = await websocket_connect(
+        HTTPRequest(
+            f"ws://127.0.0.1:{server.port}/chatbridge/api/sessions/huge/ws?afterSeq=0",
+            headers={"Authorization": f"token {server.token}"},
+        ),
+        max_message_size=1 << 20,
+    )
+    try:
+        received: Events = []
+        while len(received) < last_seq:
+            message = await asyncio.wait_for(socket.read_message(), BIG_WAIT)
+            assert message is not None, f"closed after {len(received)} events"
+            received.append(json.loads(message))
+        assert received == history["events"]
+    finally:
+        socket.close()
+
+
+async def test_a_websocket_that_stops_reading_is_closed_as_a_slow_consumer(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
+    server = server_factory()
+    await server.start()
+    await rest(server, "POST", "sessions", {"sessionId": "stalled"})
+    socket = await websocket_connect(
+        HTTPRequest(
+            f"ws://127.0.0.1:{server.port}/chatbridge/api/sessions/stalled/ws",
+            headers={"Authorization": f"token {server.token}"},
+        ),
+        max_message_size=1 << 20,
+    )
+    watcher = AsyncChatClient(server.url, server.token, request_timeout=BIG_WAIT)
+    try:
+        seen: Events = []
+        session = await watcher.session("stalled", create=False)
+        session.add_listener(seen.append)
+        # The socket's reader never reads, while far more than the kernel's socket
+        # buffers and max_stream_buffer_bytes (1 MiB) of live events are sent to it.
+        await fill(server, "stalled", [one_word(64_000, i) for i in range(60)])
+        close_code = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BIG_WAIT
+        while close_code is None:  # drain what was buffered before the close
+            message = await asyncio.wait_for(socket.read_message(), max(0, deadline - loop.time()))
+            if message is None:
+                close_code = socket.close_code
+        assert close_code == 1013 and socket.close_reason == "slow consumer"
+        # Nobody else was hurt: the stream's watcher got every event.
+        _, described = await rest(server, "GET", "sessions/stalled")
+        await eventually(lambda: len(seen) == described["lastSeq"], BIG_WAIT)
+    finally:
+        socket.close()
+        await watcher.close()

@@ -44,6 +44,8 @@ class CloseCode:
     NORMAL: Final = 1000
     GOING_AWAY: Final = 1001
     ABNORMAL: Final = 1006
+    TRY_AGAIN_LATER: Final = 1013
+    """The client stopped reading (its outbound buffer is full): reconnect with afterSeq."""
     SESSION_UNKNOWN: Final = 4404
     BAD_REQUEST: Final = 4400
     UNAUTHORIZED: Final = 4401

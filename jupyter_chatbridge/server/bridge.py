@@ -88,7 +88,9 @@ class ChatBridge:
             max_receipts=limits.max_receipts_per_session,
             sink=store,
         )
-        self.fanout = Fanout(self.connections, self.streams, store, scheduler, self.log)
+        self.fanout = Fanout(
+            self.connections, self.streams, self.sessions, store, scheduler, self.log
+        )
         self.runner = AgentRunner(
             self.fanout, agent_factory, self.log, max_context_chars=limits.max_context_chars
         )
@@ -177,6 +179,12 @@ class ChatBridge:
     ) -> tuple[list[LoggedEvent], int]:
         """Events with seq > `after` (at most `limit`) and the session's last seq."""
         return self.session_service.history(session_id, after, limit)
+
+    def drain(self, connection_id: str, budget: int) -> bool:
+        """Send a stream up to about `budget` bytes of the history it is owed (its
+        client read what it had); True while more is owed."""
+        connection = self.connections.get(connection_id)
+        return connection is not None and self.fanout.drain(connection, budget)
 
     def watch(self, connection: Connection, session_id: str, after_seq: int | None) -> int:
         """Deliver the session's events to `connection` (after `after_seq` first)."""

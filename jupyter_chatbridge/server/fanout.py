@@ -23,8 +23,18 @@ from typing import Any, Protocol
 
 from ..clock import Scheduler, sleep
 from ..protocol import EventType, dumps, sse_payload
-from .state import Connection, ConnectionRegistry, LoggedEvent, Session, StreamRegistry
+from .state import (
+    Connection,
+    ConnectionRegistry,
+    LoggedEvent,
+    Session,
+    SessionRegistry,
+    StreamRegistry,
+)
 from .store import SessionStore
+
+# History is read from a session's log this many events at a time while it is drained.
+DRAIN_EVENTS = 256
 
 # Seconds between attempts to commit shown-to-be events while the store refuses.
 COMMIT_RETRY_DELAY = 1.0
@@ -40,6 +50,9 @@ class FrameSink(Protocol):
     def send(self, frame_id: int | None, payload: bytes) -> None:
         """Queue one frame; `frame_id` None for frames without an id (welcome, ping)."""
 
+    def kick(self) -> None:
+        """History is waiting for this stream: pull it (`ChatBridge.drain`) as it drains."""
+
     def close(self) -> None:
         """End the stream (it was replaced by a newer one, or the server stops)."""
 
@@ -47,8 +60,12 @@ class FrameSink(Protocol):
 class SessionSocket(Protocol):
     """A WebSocket bound to one session."""
 
-    def send_event(self, data: str) -> None:
-        """Send one session event (one-line JSON) as a text frame."""
+    def send_event(self, event: LoggedEvent) -> None:
+        """Send one live session event as a text frame."""
+
+    def catch_up(self, session: Session, after_seq: int) -> None:
+        """Send the session's shown events after `after_seq`, paced by the client's
+        reading, before any live one."""
 
     def end(self, code: int, reason: str) -> None:
         """Close the socket with an application close code."""
@@ -61,12 +78,14 @@ class Fanout:
         self,
         connections: ConnectionRegistry,
         streams: StreamRegistry[FrameSink],
+        sessions: SessionRegistry,
         store: SessionStore,
         scheduler: Scheduler,
         log: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
         self._connections = connections
         self._streams = streams
+        self._sessions = sessions
         self.store = store
         self._scheduler = scheduler
         self._log = log
@@ -154,23 +173,82 @@ class Fanout:
     def _show(self, session: Session, event: LoggedEvent) -> None:
         session.log.shown_seq = event.seq
         if session.watchers:
-            payload = sse_payload(event.type, event.data)
+            payload = event.payload
             get = self._connections.get
             for connection_id in session.watchers:
                 connection = get(connection_id)
-                if connection is not None:
+                # A connection still being sent this session's history gets this
+                # event from the log when its cursor gets there.
+                if connection is not None and not (
+                    connection.catchup and session.id in connection.catchup
+                ):
                     self.deliver(connection, payload)
         # A session's end reaches its sockets from `end_sockets`: by the time it is
         # shown, the id may name a new session with sockets of its own.
         sockets = self.sockets.get(session.id) if event.type != EventType.SESSION_ENDED else None
         if sockets:
             for socket in sockets:
-                socket.send_event(event.data)
+                socket.send_event(event)
 
-    def replay(self, connection: Connection, events: list[LoggedEvent]) -> None:
-        """Deliver logged events to one connection (a watch with `afterSeq`)."""
-        for event in events:
-            self.deliver(connection, sse_payload(event.type, event.data))
+    def catch_up(self, connection: Connection, session: Session, after_seq: int) -> None:
+        """Send `connection` the session's shown events after `after_seq`, then live ones.
+
+        Nothing is copied or written here: the events are pulled from the log in
+        pieces as the client reads them (`drain`), so any history size replays
+        without a burst, and N connections replaying one session hold no copies.
+        """
+        if after_seq >= session.log.shown_seq:
+            self.stop_catch_up(connection, session.id)
+            return
+        if connection.catchup is None:
+            connection.catchup = {}
+        connection.catchup[session.id] = after_seq
+        stream = self._streams.get(connection.id)
+        if stream is not None:
+            stream.kick()
+
+    def stop_catch_up(self, connection: Connection, session_id: str) -> None:
+        """Forget a history still being sent (the connection stopped watching)."""
+        if connection.catchup:
+            connection.catchup.pop(session_id, None)
+            if not connection.catchup:
+                connection.catchup = None
+
+    def drain(self, connection: Connection, budget: int) -> bool:
+        """Deliver up to about `budget` bytes of history owed to `connection`.
+
+        Returns True while more is owed. A session it caught up with is live again.
+        """
+        catchup = connection.catchup
+        if not catchup:
+            return False
+        for session_id in list(catchup):
+            session = self._sessions.get(session_id)
+            if session is None or connection.id not in session.watchers:
+                del catchup[session_id]
+                continue
+            after = catchup[session_id]
+            while budget > 0:
+                events = session.log.shown_after(after, DRAIN_EVENTS)
+                if not events:
+                    break
+                for event in events:
+                    payload = event.payload
+                    self.deliver(connection, payload)
+                    after = event.seq
+                    budget -= len(payload)
+                    if budget <= 0:
+                        break
+            if after >= session.log.shown_seq:
+                del catchup[session_id]
+            else:
+                catchup[session_id] = after
+            if budget <= 0:
+                break
+        if not catchup:
+            connection.catchup = None
+            return False
+        return True
 
     def deliver(self, connection: Connection, payload: bytes) -> None:
         """One frame to one connection: an id and a replay slot, then its stream if open."""
@@ -193,10 +271,9 @@ class Fanout:
 
     def add_socket(self, session: Session, socket: SessionSocket, after_seq: int | None) -> None:
         """Bind a WebSocket to a session: replay after `after_seq`, then live events."""
-        if after_seq is not None:
-            for event in session.log.shown_after(after_seq):
-                socket.send_event(event.data)
         self.sockets.setdefault(session.id, set()).add(socket)
+        if after_seq is not None:
+            socket.catch_up(session, after_seq)
 
     def remove_socket(self, session_id: str, socket: SessionSocket) -> None:
         """Forget a closed WebSocket."""
@@ -218,7 +295,7 @@ class Fanout:
         def end() -> None:
             for socket in sockets:
                 if last_event is not None:
-                    socket.send_event(last_event.data)
+                    socket.send_event(last_event)
                 socket.end(code, reason)
 
         self.after_shown(end)

@@ -199,16 +199,17 @@ class SessionService:
             raise BridgeError(
                 400, ErrorCode.BAD_REQUEST, f"a connection may watch at most {limit} sessions"
             )
-        if after_seq is not None:
-            # Synchronous with the registration below: no live event can slip in between.
-            # Events not shown yet reach it with every other watcher's.
-            self._fanout.replay(connection, session.log.shown_after(after_seq))
         self._sessions.watch(session, connection.id)
+        if after_seq is not None:
+            # Pulled from the log in pieces as the client reads; live events of the
+            # session reach this connection after its history, never before.
+            self._fanout.catch_up(connection, session, after_seq)
         return session.log.shown_seq
 
     def unwatch(self, connection: Connection, session_id: str) -> None:
         """Stop delivering a session's events to `connection`."""
         self._sessions.unwatch(self.session(session_id), connection.id)
+        self._fanout.stop_catch_up(connection, session_id)
 
     def attach(self, connection: Connection, session_id: str) -> str:
         """Make `connection` the session's driver; the previous one is told it was taken over."""

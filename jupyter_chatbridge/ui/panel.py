@@ -21,8 +21,11 @@ from ..client.stream import ConnectionStatus
 from . import panel_style as css
 from .chatview import Banner, Changes, ChatView, Delivery, Entry
 
-# Seconds a submit waits for its text when no text update follows it (see _request_submit).
+# Seconds a submit waits for its text when no text update follows it (see _request_submit),
+# and how long it keeps checking while the input is still empty: the text's update can
+# trail by more than one settle (a loaded kernel, or the round trip of an earlier update).
 SUBMIT_SETTLE: Final = 0.2
+SUBMIT_WAIT: Final = 5.0
 DEAD_STATUSES: Final = frozenset(
     {ConnectionStatus.OFFLINE, ConnectionStatus.FAILED, ConnectionStatus.CLOSED}
 )
@@ -281,7 +284,16 @@ class ChatPanel:
         except RuntimeError:  # no loop in this thread (plain Python): nothing is queued
             self._flush_submit()
             return
-        kernel_loop.call_later(SUBMIT_SETTLE, self._flush_submit)
+        deadline = kernel_loop.time() + SUBMIT_WAIT
+        kernel_loop.call_later(SUBMIT_SETTLE, self._settle_submit, kernel_loop, deadline)
+
+    def _settle_submit(self, kernel_loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if not self._submit_requested:
+            return  # fulfilled by the text's update
+        if self.input.value.strip() or kernel_loop.time() >= deadline:
+            self._flush_submit()
+        else:  # no text yet: its update is still on its way
+            kernel_loop.call_later(SUBMIT_SETTLE, self._settle_submit, kernel_loop, deadline)
 
     def _input_changed(self, change: dict[str, Any]) -> None:
         if self._submit_requested and str(change["new"]).strip():

@@ -43,6 +43,6 @@ CSS: Final = f"""
 .{PANEL}.{DISCONNECTED} .{THINKING},
 .{PANEL}.{DISCONNECTED} .{BANNER} {{ display: none !important; }}
 .{PANEL}.{DISCONNECTED} .{MESSAGES} {{ opacity: 0.6; }}
-/* One notice instead of ipywidgets' broken-link icon on every part of the panel. */
+/* ipywidgets' broken-link icon once (on the ChatWidget itself), not on every part. */
 .{PANEL} .{DISCONNECTED}::before, .{PANEL}.{DISCONNECTED}::before {{ display: none; }}
 """

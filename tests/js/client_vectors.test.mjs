@@ -11,7 +11,12 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
-import { NotRetryable, OutboxFull, OutboxMachine, eventForm } from "../../jupyter_chatbridge/ui/static/outbox.js";
+import {
+  NotRetryable,
+  OutboxFull,
+  OutboxMachine,
+  eventForm,
+} from "../../jupyter_chatbridge/ui/static/outbox.js";
 import { ReconnectBudget, backoffMs, classify } from "../../jupyter_chatbridge/ui/static/policy.js";
 import { Transcript } from "../../jupyter_chatbridge/ui/static/transcript.js";
 

@@ -164,8 +164,9 @@ class Notebook:
 
 @pytest.fixture
 def open_notebook(lab: LabServer, chromium: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """`open_notebook(viewport=...)`: a new page on a new notebook whose first cell makes a
-    panel on a session of this test's own; extra cells after it. Console errors fail."""
+    """`open_notebook(*cells, session=None, width=1100, height=700)`: a new page on a new
+    notebook whose first cell makes a panel on `session` (by default one of this test's
+    own), the other cells after it. Console errors fail the test."""
     contexts: list[Any] = []
     problems: list[str] = []
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
@@ -174,9 +175,11 @@ def open_notebook(lab: LabServer, chromium: Any, request: pytest.FixtureRequest)
         if message.type == "error" and "Failed to load resource" not in message.text:
             problems.append(f"console error: {message.text}")
 
-    def factory(*cells: str, width: int = 1100, height: int = 700) -> Notebook:
+    def factory(
+        *cells: str, session: str | None = None, width: int = 1100, height: int = 700
+    ) -> Notebook:
         name = f"{base}-{len(contexts)}.ipynb"
-        session = f"{base}-{len(contexts)}"
+        session = session or f"{base}-{len(contexts)}"
         write_notebook(lab.root / name, WIDGET_CELL.format(session=session), *cells)
         context = chromium.new_context(viewport={"width": width, "height": height})
         contexts.append(context)

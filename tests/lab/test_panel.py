@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 # Lines of the answers, one exchange each: short and long ones mixed.
 ANSWER_LINES = [1, 20, 3, 12, 1, 7, 20, 2, 15, 5]
-CODE_CELL = 'w.send_message("```python\\ndef answer():\\n    return 42\\n```")'
+CODE_CELL = '_ = w.send_message("```python\\ndef answer():\\n    return 42\\n```")'
 LONG_TOKEN = "x=1;" * 60  # code with no space to break at
 
 # Every row of a panel, scrolled into view one by one, measured where it is shown.
@@ -90,10 +90,14 @@ def assert_rows_have_natural_height(rows: list[dict[str, Any]]) -> None:
             assert row["rowHeight"] >= row["bubbleHeight"] + row["deliveryHeight"] - 1, row
 
 
+def question(number: int) -> str:
+    return f"Question {number}: please answer in {ANSWER_LINES[number - 1]} lines."
+
+
 def long_conversation(notebook: Any) -> None:
-    """Ten exchanges typed into the panel, one long message and one code block."""
-    for number, lines in enumerate(ANSWER_LINES, start=1):
-        notebook.send(f"Question {number}: please answer in {lines} lines.")
+    """Exchanges 2 to 10 typed into the panel, one long message and one code block."""
+    for number in range(2, len(ANSWER_LINES) + 1):
+        notebook.send(question(number))
         notebook.wait_delivered(number)
     notebook.send("A long message: " + " ".join(["words that wrap across the bubble"] * 12))
     notebook.wait_delivered(len(ANSWER_LINES) + 1)
@@ -106,8 +110,21 @@ def long_conversation(notebook: Any) -> None:
 def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     open_notebook: Any,
 ) -> None:
-    notebook = open_notebook(CODE_CELL, "import time\ntime.sleep(60)")
+    notebook = open_notebook(
+        CODE_CELL,
+        "import time\ntime.sleep(60)",
+        "import time\ntime.sleep(3)",
+        session="demo",
+        height=800,
+    )
     notebook.start_panel()
+    # A new panel's first message waits for a running cell (ipykernel routes a widget's
+    # messages to where the kernel last updated it: the cell that made it).
+    notebook.run_cell(3)
+    expect(notebook.cells.nth(3).locator(".jp-InputPrompt")).to_have_text("[*]:")
+    notebook.send(question(1))
+    notebook.wait_delivered(1)
+    assert not notebook.cell_running(3)
     long_conversation(notebook)
     rows = measure(notebook.panel)
     own = [row for row in rows if row["own"]]
@@ -119,8 +136,8 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     assert notebook.panel.evaluate(OVERFLOWS) == {"list": 0, "panel": False}
     notebook.shot("long-conversation")
 
-    # While a cell keeps the kernel busy, Enter in the panel is handled and the answer
-    # streams in (ipykernel 7 handles comm messages while a cell runs).
+    # After that, while a cell keeps the kernel busy, Enter in the panel is handled and the
+    # answer streams in (JupyterLab sends widget messages over an ipykernel 7 subshell).
     notebook.run_cell(2)
     expect(notebook.cells.nth(2).locator(".jp-InputPrompt")).to_have_text("[*]:")
     notebook.send("Does the answer stream in while a cell keeps the kernel busy? 6 lines")
@@ -130,7 +147,12 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     expect(answer).to_contain_text("line 6: more of the answer")
     notebook.wait_delivered(len(ANSWER_LINES) + 4)
     assert notebook.cell_running(2)  # the sleep(60) is still running
-    notebook.page.mouse.click(1000, 650)  # the text cursor out of the picture
+    # For the picture: the newest messages (the measuring scrolled the list), the cell on top.
+    notebook.panel.locator(".chatbridge-messages").evaluate("(list) => { list.scrollTop = 0; }")
+    notebook.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer").evaluate(
+        "(notebook) => { notebook.scrollTop = 0; }"
+    )
+    notebook.page.evaluate("document.activeElement.blur()")  # no text cursor in the picture
     copy_to_docs(notebook.shot("busy-kernel"), ROOT / "docs" / "widget.png")
     notebook.page.click('[data-command="notebook:interrupt-kernel"]')
     notebook.wait_for_kernel("Idle")
@@ -243,19 +265,55 @@ def test_after_a_kernel_restart_the_old_panel_says_so_and_a_rerun_makes_a_new_on
     notebook.shot("kernel-restarted-cell-run-again")
 
 
-def test_a_saved_notebook_reloads_the_same_panel_on_the_same_connection(
+def test_without_comms_over_subshells_enter_waits_for_the_running_cell(
+    open_notebook: Any, lab: Any
+) -> None:
+    # What a kernel without subshells (ipykernel 6) gives: JupyterLab then sends widget
+    # messages on the main shell, behind the running cell. (With subshells, the default,
+    # the same steps deliver at once: see the long-conversation test.)
+    settings = lab.root / ".settings" / "@jupyterlab" / "apputils-extension"
+    setting = settings / "kernels-settings.jupyterlab-settings"
+    setting.write_text('{"commsOverSubshells": "disabled"}')
+    try:
+        notebook = open_notebook("import time\ntime.sleep(4)")
+    finally:
+        setting.unlink()
+    notebook.start_panel()
+    exchange(notebook, "Sent while idle", 1)
+    notebook.run_cell(1)
+    expect(notebook.cells.nth(1).locator(".jp-InputPrompt")).to_have_text("[*]:")
+    notebook.send("Sent while the cell runs")
+    notebook.wait_delivered(2)
+    assert not notebook.cell_running(1)  # delivered only once the cell had finished
+    expect(notebook.panel.get_by_text("Echo: Sent while the cell runs")).to_be_visible()
+
+
+def test_a_reload_keeps_the_panel_of_a_saved_notebook_and_w_brings_it_back_otherwise(
     open_notebook: Any,
 ) -> None:
-    notebook = open_notebook()
+    notebook = open_notebook("w")
     notebook.start_panel()
-    exchange(notebook, "Before the reload", 1)
+    exchange(notebook, "Before an unsaved reload", 1)
     driver = notebook.lab.session_driver(notebook.session)
+    notebook.page.reload()
+    notebook.wait_for_kernel("Idle")
+    expect(notebook.cells).to_have_count(2)
+    # Unsaved: no output is on disk, so there is nothing to show the widget in.
+    expect(notebook.page.locator(".chatbridge-panel")).to_have_count(0)
+    notebook.run_cell(1)  # `w` again: the same live widget, on the same connection
+    expect(notebook.panel.get_by_text("Echo: Before an unsaved reload")).to_be_visible()
+    exchange(notebook, "After w again", 2)
+    assert notebook.lab.session_driver(notebook.session) == driver
+    notebook.shot("unsaved-reload-w-again")
+
+    # Saved: the reload shows the same panel, on the same connection, still driving.
     notebook.save()
     notebook.page.reload()
     notebook.wait_for_kernel("Idle")
-    expect(notebook.panel.get_by_text("Echo: Before the reload")).to_be_visible()
+    expect(notebook.page.locator(".chatbridge-panel")).to_have_count(1)
+    expect(notebook.panel.get_by_text("Echo: After w again")).to_be_visible()
     expect(notebook.panel.get_by_text("connected", exact=True)).to_be_visible()
-    expect(notebook.panel.locator(".chatbridge-delivery")).to_have_text(["✓ delivered"])
-    exchange(notebook, "After the reload", 2)  # still driving, from the same panel
+    expect(notebook.panel.locator(".chatbridge-delivery")).to_have_text(["✓ delivered"] * 2)
+    exchange(notebook, "After the saved reload", 3)
     assert notebook.lab.session_driver(notebook.session) == driver
-    notebook.shot("reloaded")
+    notebook.shot("saved-reload")

@@ -48,6 +48,10 @@ _STATUS_CODES = {
     429: ErrorCode.BUSY,
 }
 
+# Bytes a stream or socket may have on their way to the client before more waits
+# for it to read: this paces history replays and makes a stalled reader visible.
+WRITE_AHEAD_BYTES = 256 * 1024
+
 
 def canonical_connection_id(raw: str | None) -> str | None:
     """A connection id as the client sent it, with a cid in the canonical lower case

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+from collections import deque
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -12,7 +12,7 @@ from tornado import web
 from ...clock import TimerHandle
 from ...protocol import SSE_PING, normalize_cid, sse_id_line
 from ..bridge import ChatBridge
-from .base import ChatBridgeHandler, bad_request
+from .base import WRITE_AHEAD_BYTES, ChatBridgeHandler, bad_request
 
 
 class FlushBatcher:
@@ -92,15 +92,19 @@ class EventStreamHandler(ChatBridgeHandler):
         self._live = True
         # Looked up once: `send` runs for every delivery to this stream.
         self._batcher: FlushBatcher = self.settings["chatbridge_flusher"]
-        # Bytes handed to tornado but not yet on the wire: a reader that stopped
-        # reading makes this grow, and past the limit it is dropped (it can resume).
+        # Bytes handed to tornado but not yet on the wire (unflushed, or flushing).
         self._unflushed_bytes = 0
         self._queued_bytes = 0
         self._flush_sizes: list[int] = []  # one or two in flight: a list is lighter
-        # No limit while the welcome and replay burst is written; that burst is then
-        # allowed on top of the limit until its flush has completed.
-        self._limit = sys.maxsize
-        self._base_limit = 0
+        # Frames waiting while WRITE_AHEAD_BYTES are on their way: a reader that
+        # stopped reading makes this grow, and past the limit it is dropped (it can
+        # resume). The welcome and its Last-Event-ID replay are exempt from the limit.
+        self._backlog: deque[tuple[int | None, bytes]] | None = None
+        self._backlog_bytes = 0
+        self._exempt_frames = 0
+        self._exempt_bytes = 0
+        self._opening = True
+        self._limit = 0
 
     @web.authenticated
     @authorized
@@ -120,10 +124,11 @@ class EventStreamHandler(ChatBridgeHandler):
         # Proxies (nginx) must not buffer a stream.
         self.set_header("X-Accel-Buffering", "no")
         bridge = self.bridge
-        self._base_limit = bridge.limits.max_stream_buffer_bytes
+        self._limit = bridge.limits.max_stream_buffer_bytes
         welcome = bridge.open_stream(cid, self.owner, last_event_id, self)
         self._connection_id = welcome["connectionId"]
-        self._limit = self._base_limit + self._unflushed_bytes
+        self._opening = False
+        self._refill()  # history this connection was still owed before it reconnected
         self.settings["chatbridge_heartbeat"].ensure_started()
         await self._ended
 
@@ -138,27 +143,63 @@ class EventStreamHandler(ChatBridgeHandler):
     def send(self, frame_id: int | None, payload: bytes) -> None:
         if not self._live:
             return
+        if self._backlog or self._queued_bytes + self._unflushed_bytes >= WRITE_AHEAD_BYTES:
+            self._wait(frame_id, payload)
+        else:
+            self._write_frame(frame_id, payload)
+
+    def kick(self) -> None:
+        self._refill()
+
+    def _write_frame(self, frame_id: int | None, payload: bytes) -> None:
         chunk = payload if frame_id is None else sse_id_line(frame_id) + payload
         self.write(chunk)
         self._unflushed_bytes += len(chunk)
-        if self._queued_bytes + self._unflushed_bytes > self._limit:
-            self._drop_slow_consumer()
-            return
         self._batcher.mark(self)
 
-    def _drop_slow_consumer(self) -> None:
+    def _wait(self, frame_id: int | None, payload: bytes) -> None:
+        if self._backlog is None:
+            self._backlog = deque()
+        self._backlog.append((frame_id, payload))
+        self._backlog_bytes += len(payload)
+        if self._opening:
+            self._exempt_frames += 1
+            self._exempt_bytes += len(payload)
+            return
+        unsent = self._queued_bytes + self._unflushed_bytes + self._backlog_bytes
+        if unsent - self._exempt_bytes > self._limit:
+            self._drop_slow_consumer(unsent)
+
+    def _refill(self) -> None:
+        """Write what waits, then history the connection is owed, while little is in flight."""
+        if not self._live or self._opening:
+            return
+        backlog = self._backlog
+        while backlog and self._queued_bytes + self._unflushed_bytes < WRITE_AHEAD_BYTES:
+            frame_id, payload = backlog.popleft()
+            self._backlog_bytes -= len(payload)
+            if self._exempt_frames:
+                self._exempt_frames -= 1
+                self._exempt_bytes -= len(payload)
+            self._write_frame(frame_id, payload)
+        room = WRITE_AHEAD_BYTES - self._queued_bytes - self._unflushed_bytes
+        if not backlog and room > 0 and self._connection_id is not None:
+            # Pulled only while the client keeps reading: any history size replays
+            # without a burst, and a stalled reader is never sent more than this.
+            self.bridge.drain(self._connection_id, room)
+
+    def _drop_slow_consumer(self, unsent: int) -> None:
         self.log.warning(
             "chatbridge: dropping the stream of %s: %d bytes unsent (limit %d); "
             "it can resume with Last-Event-ID",
             self._connection_id,
-            self._queued_bytes + self._unflushed_bytes,
-            self._base_limit,
+            unsent,
+            self._limit,
         )
         self._end()
         self._release()
         # The socket is stuck, so nothing more can be said on it: close it outright.
-        connection: Any = self.request.connection  # tornado's HTTP1Connection
-        connection.stream.close()
+        self.request.connection.stream.close()  # type: ignore[union-attr]
 
     def close(self) -> None:
         if not self._live:
@@ -179,14 +220,14 @@ class EventStreamHandler(ChatBridgeHandler):
         self.flush().add_done_callback(self._flushed)
 
     def _flushed(self, future: asyncio.Future[Any]) -> None:
-        # Flushes complete in order, so the oldest size is this one's; and once the
-        # first is out, so is the opening burst.
+        # Flushes complete in order, so the oldest size is this one's.
         self._queued_bytes -= self._flush_sizes.pop(0)
-        self._limit = self._base_limit
         _swallow_closed(future)
+        self._refill()
 
     def _end(self) -> None:
         self._live = False
+        self._backlog = None
         if not self._ended.done():
             self._ended.set_result(None)
 

@@ -9,6 +9,7 @@ HTTP 404, which their libraries do report.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -16,12 +17,20 @@ from jupyter_core.utils import ensure_async
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ...protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
 from ...protocol.requests import InvalidRequest, parse_json_object, parse_send, parse_stop
 from ..errors import BridgeError, bad_request, session_unknown
-from .base import BridgeHandlerMixin
+from ..state import LoggedEvent, Session
+from .base import WRITE_AHEAD_BYTES, BridgeHandlerMixin
+
+# History after `afterSeq` is read from the log this many events at a time.
+HISTORY_PIECE_EVENTS = 256
+
+# Catch-up tasks, referenced until done (the loop keeps only weak references).
+_background: set[asyncio.Task[None]] = set()
 
 
 class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler, JupyterHandler):
@@ -31,6 +40,12 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         self._session_id = ""
         self._after_seq: int | None = None
         self._registered = False
+        # While the history after `afterSeq` is being sent: the last seq sent. Live
+        # events wait in the log until the catch-up reaches them.
+        self._catching_up: int | None = None
+        # Bytes written but not yet taken by the network: a client that stopped
+        # reading makes this grow, and past the limit the socket is closed (1013).
+        self._unsent_bytes = 0
 
     async def get(self, session_id: str) -> None:
         # Authenticate and authorize as Jupyter's own sockets do: refusals stay HTTP errors.
@@ -125,8 +140,32 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
 
     # -- SessionSocket ------------------------------------------------------------------
 
-    def send_event(self, data: str) -> None:
-        self._write_text(data)
+    def send_event(self, event: LoggedEvent) -> None:
+        if self._catching_up is None:
+            self._write_text(event.data)
+
+    def catch_up(self, session: Session, after_seq: int) -> None:
+        self._catching_up = after_seq
+        task = asyncio.get_running_loop().create_task(self._send_history(session))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _send_history(self, session: Session) -> None:
+        """The shown events after `afterSeq`, a piece at a time as the client reads them."""
+        after = self._catching_up
+        assert after is not None
+        while self.ws_connection is not None and not self.ws_connection.is_closing():
+            events = session.log.shown_after(after, HISTORY_PIECE_EVENTS)
+            if not events:
+                break
+            for event in events:
+                written = self._write_text(event.data)
+                after = event.seq
+                if written is not None and self._unsent_bytes >= WRITE_AHEAD_BYTES:
+                    with contextlib.suppress(WebSocketClosedError, StreamClosedError):
+                        await written
+        # Synchronous from the last read of the log: no live event falls in between.
+        self._catching_up = None
 
     def end(self, code: int, reason: str) -> None:
         self._registered = False  # the bridge already forgot this socket
@@ -142,7 +181,29 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
     def _write(self, frame: dict[str, Any]) -> None:
         self._write_text(dumps(frame))
 
-    def _write_text(self, text: str) -> None:
+    def _write_text(self, text: str) -> asyncio.Future[None] | None:
         # A socket closing under us is not an error: on_close is on its way.
-        with contextlib.suppress(WebSocketClosedError):
-            self.write_message(text)
+        try:
+            written = self.write_message(text)
+        except WebSocketClosedError:
+            return None
+        size = len(text)
+        self._unsent_bytes += size
+        if self._unsent_bytes > self.bridge.limits.max_stream_buffer_bytes:
+            self.log.warning(
+                "chatbridge: closing a socket of session %s: %d bytes unsent (limit %d); "
+                "it can reconnect with afterSeq",
+                self._session_id,
+                self._unsent_bytes,
+                self.bridge.limits.max_stream_buffer_bytes,
+            )
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+            return None
+
+        def sent(future: asyncio.Future[None]) -> None:
+            self._unsent_bytes -= size
+            if not future.cancelled():
+                future.exception()  # a closed socket: on_close is on its way
+
+        written.add_done_callback(sent)
+        return written

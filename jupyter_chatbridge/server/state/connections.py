@@ -31,6 +31,11 @@ class Connection:
     last_frame_id: int = 0
     active: bool = True
     inactive_since: float | None = None
+    catchup: dict[str, int] | None = None
+    """Sessions whose history this connection is still being sent: session id -> the
+    last seq sent. Written in pieces as the client reads (`Fanout.drain`); live events
+    of those sessions wait in the log until their cursor reaches them. None when empty
+    (most connections, most of the time: an idle connection should cost little)."""
     _expiry: TimerHandle | None = field(default=None, repr=False)
 
     def next_frame_id(self) -> int:

@@ -12,19 +12,47 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
-from ...protocol import dumps
+from ...protocol import dumps, sse_payload
 
 # The sink's copy is trimmed to the in-memory window every this many events of a
 # session: one cheap range delete now and then instead of one per event.
 TRIM_EVERY = 256
 
 
-class LoggedEvent(NamedTuple):
-    """One session event: its seq, type and one-line JSON, serialised once for every reader."""
+class LoggedEvent:
+    """One session event: its seq, type and one-line JSON, serialised once for every reader.
 
-    seq: int
-    type: str
-    data: str
+    `payload`, its SSE framing, is made once too, so every stream and replay buffer
+    that holds it shares one bytes object: N watchers of a big session cost N
+    references to its history, never N copies.
+    """
+
+    __slots__ = ("_payload", "data", "seq", "type")
+
+    def __init__(self, seq: int, type: str, data: str) -> None:
+        self.seq = seq
+        self.type = type
+        self.data = data
+        self._payload: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The event as one SSE frame body (`event:` and `data:` lines)."""
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = sse_payload(self.type, self.data)
+        return payload
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LoggedEvent):
+            return NotImplemented
+        return (self.seq, self.type, self.data) == (other.seq, other.type, other.data)
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.type, self.data))
+
+    def __repr__(self) -> str:
+        return f"LoggedEvent(seq={self.seq!r}, type={self.type!r}, data={self.data!r})"
 
 
 class SendReceipt(NamedTuple):

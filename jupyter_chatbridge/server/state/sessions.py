@@ -73,7 +73,8 @@ class Session:
         described = {
             "sessionId": self.id,
             "lastSeq": self.log.shown_seq,
-            "running": self.running,
+            # Until its last events are shown, an answer is still running to any reader.
+            "running": self.running or self.log.shown_seq < self.log.last_seq,
             "driver": self.driver_client_id,
         }
         if with_settings:

@@ -15,6 +15,7 @@
 // - ids.js           the tab's cid (sessionStorage, memory fallback), clientMsgIds
 // - outbox.js        the outbox state machine and its driver: ordered, idempotent sends
 // - transcript.js    the transcript reducer: session and outbox events -> the messages shown
+// - messages.js      the transcript's items and their display order
 // - event-stream.js  the SSE stream: resume with Last-Event-ID, reconnect with backoff
 // - live-socket.js   the session WebSocket: 4404 means the session is gone
 // - api.js           REST under cookie login (XSRF, time-out)

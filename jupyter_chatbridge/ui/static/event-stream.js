@@ -80,7 +80,8 @@ export class EventStream {
 
   failed(source) {
     // EventSource shows no status code: every failure is "no code", which is transient.
-    const { decision, attempt, delayMs } = this.budget.closed(performance.now(), null, Math.random());
+    const now = performance.now();
+    const { decision, attempt, delayMs } = this.budget.closed(now, null, Math.random());
     if (decision !== "retry") {
       this.stop();
       this.handlers.onStatus("offline");

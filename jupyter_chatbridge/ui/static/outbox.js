@@ -15,11 +15,15 @@ export class OutboxFull extends Error {}
 /** A Retry of a message that is not a remembered retryable failure. */
 export class NotRetryable extends Error {}
 
-/** Which kind of outcome an answer is: 2xx accepted, else as `classify` says. */
+/**
+ * Which kind of outcome an answer is: 2xx accepted; refused (the rules' refusedHttp: the
+ * message itself is refused, so sending it again cannot help); else as `classify` says.
+ */
 export function outcomeOf(rules, status) {
   if (status !== null && status !== undefined && status >= 200 && status <= 299) {
     return "accepted";
   }
+  if (rules.outbox.refusedHttp.includes(status)) return "refused";
   return classify(rules, status);
 }
 

@@ -8,7 +8,7 @@ import { CidGuard, newCid, storageGet, storageSet, tabCid } from "./ids.js";
 import { LiveSocket } from "./live-socket.js";
 import { Outbox, OutboxFull } from "./outbox.js";
 import { backoffMs, classify } from "./policy.js";
-import { drawPage } from "./render.js";
+import { debugSnapshot, drawPage } from "./render.js";
 import { Transcript } from "./transcript.js";
 
 const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -189,7 +189,7 @@ export class ChatPage {
       if (entry.history[entry.history.length - 1] !== message.delivery) {
         entry.history.push(message.delivery);
       }
-      if (message.delivery === "delivered" && input.kind === "event") {
+      if (message.delivery === "delivered" && input.kind !== "outbox") {
         this.outbox.confirm(message.clientMsgId);
       }
     }
@@ -257,28 +257,34 @@ export class ChatPage {
     }, FILL_GRACE_MS);
   }
 
+  // The hole's history, fetched page by page up to the hole's end, goes to the transcript
+  // as one "history" input: it applies what history has and skips what it no longer has.
   async fill() {
     const view = this.view;
     const gap = view && view.gap;
     if (!gap || this.gone) return;
     this.filling = true;
-    let progress = false;
     try {
-      const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${gap.after}`;
-      const { status, body } = await this.request("GET", path);
-      if (view !== this.view || status !== 200) return;
-      for (const event of body.events || []) this.onSessionEvent(event);
-      const left = view.gap;
-      // History no longer has the missing events (trimmed): go on without them.
-      if (left && left.after === gap.after) this.applyToView(view, { kind: "skip_gap" });
-      progress = true;
+      const events = [];
+      for (let after = gap.after; after < gap.before - 1; ) {
+        const path = `sessions/${encodeURIComponent(view.sessionId)}/events?after=${after}`;
+        const { status, body } = await this.request("GET", path);
+        if (view !== this.view || status !== 200) return;
+        const page = (body && body.events) || [];
+        const last = page.length > 0 ? page[page.length - 1].seq : after;
+        if (!(last > after)) break; // history has nothing more
+        events.push(...page);
+        after = last;
+      }
+      this.applyToView(view, { kind: "history", events });
+      if (view.ended === "session_ended" && !this.gone) {
+        this.sessionGone({ source: "session_ended" });
+      }
     } catch {
       // The next gap or welcome tries again.
     } finally {
       this.filling = false;
     }
-    // A page of history may end before the hole does.
-    if (progress && view === this.view && view.gap) this.scheduleFill();
   }
 
   // -- sessions -----------------------------------------------------------------------------------
@@ -302,7 +308,8 @@ export class ChatPage {
       return;
     }
     try {
-      const { status, body } = await this.request("POST", "sessions", name ? { sessionId: name } : {});
+      const wanted = name ? { sessionId: name } : {};
+      const { status, body } = await this.request("POST", "sessions", wanted);
       if (status !== 201) {
         const why = (body && body.error) || `HTTP ${status}`;
         this.setError("create", `could not create the session: ${why}`);
@@ -362,6 +369,10 @@ export class ChatPage {
   sessionGone(evidence) {
     if (!this.view) return;
     this.gone = { ...this.gone, ...evidence };
+    // The transcript's "lost": nothing is owed any more, so nothing is thinking.
+    if (this.view.ended === null) {
+      this.applyToView(this.view, { kind: "lost", reason: "session_unknown" });
+    }
     if (evidence.state !== "gone" && this.live) {
       // Not from the socket: the socket's own 4404 follows, or we stop it here.
       if (!this.live.socket) this.live.close();
@@ -397,12 +408,19 @@ export class ChatPage {
   // state, whether Retry is offered); the page only routes it to the open session's view.
   onOutbox(event) {
     const id = event.clientMsgId;
-    const entry = this.delivery.get(id) || { sessionId: event.sessionId, text: event.text, history: [] };
+    const entry = this.delivery.get(id) || {
+      sessionId: event.sessionId,
+      text: event.text,
+      history: [],
+    };
     entry.last = event;
     this.delivery.set(id, entry);
     const view = this.view;
-    if (view && view.sessionId === event.sessionId) this.applyToView(view, { kind: "outbox", event });
-    else this.render();
+    if (view && view.sessionId === event.sessionId) {
+      this.applyToView(view, { kind: "outbox", event });
+    } else {
+      this.render();
+    }
   }
 
   retrySend(clientMsgId) {
@@ -447,38 +465,6 @@ export class ChatPage {
 
   /** A snapshot of the client's state, for tests and the console. */
   debug() {
-    const view = this.view;
-    return {
-      cid: this.cid,
-      cidRenewals: this.cidRenewals,
-      connectionId: this.connectionId,
-      epoch: this.epoch,
-      status: this.status,
-      welcomes: this.welcomes.slice(),
-      sessionId: view ? view.sessionId : null,
-      lastSeq: view ? (view.lastSeq ?? 0) : 0,
-      applied: view ? view.appliedSeqs.slice() : [],
-      duplicatesDropped: view ? view.duplicates : 0,
-      transcript: view ? view.snapshot() : null,
-      stream: {
-        attempts: this.stream.budget.attempts,
-        reconnectPending: this.stream.timer !== null,
-        retryInMs: this.stream.retryInMs,
-      },
-      gone: this.gone,
-      live: this.live
-        ? {
-            opened: this.live.opened,
-            attempts: this.live.budget.attempts,
-            reconnectPending: this.live.reconnectPending,
-            state: this.liveState && this.liveState.state,
-          }
-        : null,
-      outbox: { queued: this.outbox.queue.length, failed: [...this.outbox.failed.keys()] },
-      delivery: Object.fromEntries(
-        [...this.delivery].map(([id, e]) => [id, { state: e.history.at(-1), history: e.history.slice() }]),
-      ),
-    };
+    return debugSnapshot(this);
   }
 }
-

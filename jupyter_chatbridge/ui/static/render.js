@@ -1,5 +1,6 @@
-// The page's DOM: draws the ChatPage's state into the elements page.py serves. Nothing here
-// decides anything; it shows what the page, its transcript and its outbox say.
+// The page's DOM: draws the ChatPage's state into the elements page.py serves (and reads
+// it out for chatbridge.debug()). Nothing here decides anything; it shows what the page,
+// its transcript and its outbox say.
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -35,7 +36,10 @@ export function drawPage(page) {
     again.type = "button";
     again.addEventListener("click", () => {
       if (page.status === "offline") page.stream.reconnect();
-      else window.location.assign(`${page.baseUrl}login?next=${encodeURIComponent(window.location.pathname)}`);
+      else {
+        const next = encodeURIComponent(window.location.pathname);
+        window.location.assign(`${page.baseUrl}login?next=${next}`);
+      }
     });
     conn.append(" ", again);
   }
@@ -46,8 +50,9 @@ export function drawPage(page) {
   gone.hidden = !(view && page.gone);
   if (view && page.gone) {
     const g = page.gone;
+    const why = g.reason || "session unknown";
     page.$("gone-detail").textContent = g.code
-      ? `The live view closed with ${g.code} (${g.reason || "session unknown"}) after ${Math.round(g.afterMs)} ms.`
+      ? `The live view closed with ${g.code} (${why}) after ${Math.round(g.afterMs)} ms.`
       : g.source === "session_ended"
         ? "It was ended."
         : "The server does not know it.";
@@ -96,7 +101,8 @@ function drawPicker(page) {
   const key = JSON.stringify([ids, page.sessions, current]);
   if (key === page.pickerKey) return;
   page.pickerKey = key;
-  const options = [element("option", "", ids.length ? "— pick a session —" : "— no sessions yet —")];
+  const prompt = ids.length ? "— pick a session —" : "— no sessions yet —";
+  const options = [element("option", "", prompt)];
   options[0].value = "";
   for (const id of ids) {
     const option = element("option", "", page.sessions.includes(id) ? id : `${id} (gone)`);
@@ -138,7 +144,12 @@ function drawTranscript(page) {
 }
 
 // The transcript's delivery states by the names the page shows them under.
-const STATE_NAMES = { pending: "sending", retrying: "retrying", failed: "failed", delivered: "delivered" };
+const STATE_NAMES = {
+  pending: "sending",
+  retrying: "retrying",
+  failed: "failed",
+  delivered: "delivered",
+};
 
 /** Why a delivery is delayed or failed, from the transcript's fields of the message. */
 function deliveryNote(message) {
@@ -176,4 +187,43 @@ function userBubble(page, message) {
   }
   bubble.append(status);
   return bubble;
+}
+
+/** A snapshot of the page's state, for tests and the console (`chatbridge.debug()`). */
+export function debugSnapshot(page) {
+  const view = page.view;
+  return {
+    cid: page.cid,
+    cidRenewals: page.cidRenewals,
+    connectionId: page.connectionId,
+    epoch: page.epoch,
+    status: page.status,
+    welcomes: page.welcomes.slice(),
+    sessionId: view ? view.sessionId : null,
+    lastSeq: view ? (view.lastSeq ?? 0) : 0,
+    applied: view ? view.appliedSeqs.slice() : [],
+    duplicatesDropped: view ? view.duplicates : 0,
+    transcript: view ? view.snapshot() : null,
+    stream: {
+      attempts: page.stream.budget.attempts,
+      reconnectPending: page.stream.timer !== null,
+      retryInMs: page.stream.retryInMs,
+    },
+    gone: page.gone,
+    live: page.live
+      ? {
+          opened: page.live.opened,
+          attempts: page.live.budget.attempts,
+          reconnectPending: page.live.reconnectPending,
+          state: page.liveState && page.liveState.state,
+        }
+      : null,
+    outbox: { queued: page.outbox.queue.length, failed: [...page.outbox.failed.keys()] },
+    delivery: Object.fromEntries(
+      [...page.delivery].map(([id, e]) => [
+        id,
+        { state: e.history.at(-1), history: e.history.slice() },
+      ]),
+    ),
+  };
 }

@@ -4,14 +4,16 @@
 //
 // - seq order: an event at or below `lastSeq` is a duplicate and ignored; one past a hole
 //   is held back and `gap` says which seqs to fetch from history; the held events apply,
-//   in order, once the hole is filled (or skipped).
+//   in order, once the hole is filled; what history no longer has is skipped.
 // - a server that rewound (its lastSeq behind what was shown) loses what came after: those
-//   entries go, and our own messages among them become failed, offered a Retry.
+//   entries go (an answer begun before is cut back to what the server kept), and our own
+//   messages among them become failed, offered a Retry.
 // - a delivery state changes only on evidence about that message (its own send_* events,
 //   its user_message); a final failure is offered a Retry exactly when it is `retryable`.
 // - "thinking" is derived, never stored: a message of ours still pending, a user message
 //   not yet answered, or an answer still streaming, while the session lives.
 
+import { Message, displayOrder } from "./messages.js";
 import { outcomeOf } from "./outbox.js";
 
 export const LOST_BY_SERVER = "lost by the server";
@@ -28,59 +30,6 @@ function text(value) {
 
 function str(value, fallback = "") {
   return value === undefined || value === null ? fallback : String(value);
-}
-
-/** One item: a user message, an agent answer or a notice. */
-class Message {
-  constructor(key, role, body, generation, order) {
-    Object.assign(this, { key, role, text: body, generation, order, seq: null });
-    // user messages
-    Object.assign(this, { clientMsgId: null, delivery: null, attempt: null });
-    Object.assign(this, { retryInMs: null, status: null, retryOffered: false });
-    // agent answers
-    Object.assign(this, { messageId: null, replyTo: null, done: false });
-    this.ended = null; // how an answer ended (complete|stopped|error|interrupted); null while it streams
-    this.error = null; // an answer's agent error, a send failure, or a notice's trouble
-  }
-
-  /** Plain data, the form the conformance vectors compare. */
-  toDict() {
-    const base = {
-      key: this.key,
-      role: this.role,
-      generation: this.generation,
-      seq: this.seq,
-      text: this.text,
-    };
-    if (this.role === "user") {
-      return Object.assign(base, {
-        clientMsgId: this.clientMsgId,
-        delivery: this.delivery,
-        attempt: this.attempt,
-        status: this.status,
-        retryInMs: this.retryInMs,
-        retryOffered: this.retryOffered,
-        error: this.error,
-      });
-    }
-    if (this.role === "agent") {
-      return Object.assign(base, {
-        messageId: this.messageId,
-        replyTo: this.replyTo,
-        done: this.done,
-        ended: this.ended,
-        error: this.error,
-      });
-    }
-    return Object.assign(base, { error: this.error });
-  }
-}
-
-// Session order; messages not yet numbered by the server go last, in send order.
-function displayOrder(a, b) {
-  const seqA = a.seq === null ? Infinity : a.seq;
-  const seqB = b.seq === null ? Infinity : b.seq;
-  return a.generation - b.generation || (seqA === seqB ? 0 : seqA < seqB ? -1 : 1) || a.order - b.order;
 }
 
 /** The reducer's state for one session id; `apply` takes any input kind. */
@@ -114,7 +63,7 @@ export class Transcript {
 
   // -- the one entry point --------------------------------------------------------------
 
-  /** Apply one input: {kind: "event"|"outbox"|"watched"|"skip_gap"|"lost"|"new_session"}. */
+  /** Apply one input: {kind: "event"|"outbox"|"history"|"watched"|"skip_gap"|"lost"|…}. */
   apply(item) {
     this.touched = { keys: new Set(), reordered: false };
     switch (item.kind) {
@@ -126,6 +75,9 @@ export class Transcript {
         break;
       case "watched":
         this.watched(Number(item.lastSeq));
+        break;
+      case "history":
+        this.history(item.events);
         break;
       case "skip_gap":
         this.skipGap();
@@ -170,6 +122,12 @@ export class Transcript {
     return { after: this.lastSeq, before: Math.min(...this.held.keys()) };
   }
 
+  /** History's answer for a gap: apply its events; a hole it cannot fill is skipped. */
+  history(events) {
+    for (const event of events) this.sessionEvent(event);
+    this.skipGap();
+  }
+
   /** History cannot fill the hole (trimmed): go on from the first held event. */
   skipGap() {
     if (this.held.size === 0) return;
@@ -199,9 +157,12 @@ export class Transcript {
       case "message_start":
         this.messageStart(event, seq);
         break;
-      case "block_delta":
-        this.answer(event, seq).text += str(event.text);
+      case "block_delta": {
+        const answer = this.answer(event, seq);
+        answer.chunks.push([seq, str(event.text)]);
+        answer.text += str(event.text);
         break;
+      }
       case "error":
         this.agentError(event, seq);
         break;
@@ -240,7 +201,8 @@ export class Transcript {
     let replyTo = int(event.replyTo);
     if (replyTo === null) {
       // Without replyTo: the agent answers in order, so it is the oldest unanswered.
-      const waiting = [...this.unanswered].filter((s) => !this.started.has(s)).sort((a, b) => a - b);
+      const waiting = [...this.unanswered].filter((s) => !this.started.has(s));
+      waiting.sort((a, b) => a - b);
       replyTo = waiting.length > 0 ? waiting[0] : null;
     }
     message.replyTo = replyTo;
@@ -265,7 +227,9 @@ export class Transcript {
   agentError(event, seq) {
     const body = str(event.message || null, "the agent failed");
     if (event.messageId) {
-      this.answer(event, seq).error = body;
+      const answer = this.answer(event, seq);
+      answer.error = body;
+      answer.errorSeq = seq;
     } else {
       const notice = this.add("notice", `n${this.generation}:${seq}`, body);
       notice.seq = seq;
@@ -276,6 +240,7 @@ export class Transcript {
   messageEnd(event, seq) {
     const message = this.answer(event, seq);
     message.done = true;
+    message.endSeq = seq;
     // message_end's reason; a server before reasons: error if an error named it, else complete.
     message.ended = ENDINGS.has(event.reason) ? event.reason : message.error !== null ? "error" : "complete";
     this.openAnswers.delete(message.key);
@@ -301,7 +266,7 @@ export class Transcript {
     this.touch(message);
     if (event.type === "send_pending") {
       // A new message, or the user's Retry: in flight again, in the session as it is now.
-      if (message.generation !== this.generation || message.seq !== null) {
+      if (message.generation !== this.generation) {
         message.generation = this.generation;
         message.seq = null;
         this.touched.reordered = true;
@@ -346,7 +311,7 @@ export class Transcript {
   // that flag (an older producer) the same table decides from the status.
   retryable(event) {
     if (typeof event.retryable === "boolean") return event.retryable;
-    return outcomeOf(this.rules, int(event.status)) !== "permanent";
+    return outcomeOf(this.rules, int(event.status)) !== "refused";
   }
 
   // -- facts about the session ------------------------------------------------------------
@@ -357,9 +322,15 @@ export class Transcript {
     this.rewound = { from: this.lastSeq, to: lastSeq };
     this.lastSeq = lastSeq;
     this.held.clear();
+    for (const seqs of [this.unanswered, this.answered, this.started]) {
+      for (const seq of [...seqs]) if (seq > lastSeq) seqs.delete(seq);
+    }
     for (const message of [...this.messages.values()]) {
       if (message.generation !== this.generation || message.seq === null) continue;
-      if (message.seq <= lastSeq) continue;
+      if (message.seq <= lastSeq) {
+        if (message.role === "agent") this.cutBack(message, lastSeq);
+        continue;
+      }
       this.touch(message, true);
       if (this.own.get(message.clientMsgId) === message) {
         message.seq = null;
@@ -370,10 +341,36 @@ export class Transcript {
       } else {
         this.messages.delete(message.key);
         this.openAnswers.delete(message.key);
+        const replyTo = message.replyTo;
+        if (message.role === "agent" && replyTo !== null && replyTo <= lastSeq) {
+          // Its question survived, its answer did not: it waits for one again.
+          this.started.delete(replyTo);
+          this.answered.delete(replyTo);
+          this.unanswered.add(replyTo);
+        }
       }
     }
-    for (const seqs of [this.unanswered, this.answered, this.started]) {
-      for (const seq of [...seqs]) if (seq > lastSeq) seqs.delete(seq);
+  }
+
+  /** An answer that began before the rewind keeps only what the server kept. */
+  cutBack(answer, lastSeq) {
+    const kept = answer.chunks.filter(([seq]) => seq <= lastSeq);
+    const endLost = (answer.endSeq ?? 0) > lastSeq;
+    const errorLost = (answer.errorSeq ?? 0) > lastSeq;
+    if (kept.length === answer.chunks.length && !endLost && !errorLost) return;
+    this.touch(answer);
+    answer.chunks = kept;
+    answer.text = kept.map(([, body]) => body).join("");
+    if (errorLost) answer.error = answer.errorSeq = null;
+    if (endLost) {
+      answer.done = false;
+      answer.endSeq = null;
+      answer.ended = null;
+      this.openAnswers.add(answer.key);
+      if (answer.replyTo !== null) {
+        this.answered.delete(answer.replyTo);
+        this.unanswered.add(answer.replyTo);
+      }
     }
   }
 
@@ -416,7 +413,10 @@ export class Transcript {
       gap: this.gap,
       rewound: this.rewound,
       thinking: this.thinking,
-      messages: this.ordered().map((m) => m.toDict()),
+      // An answer's end state (`ended`, null while it streams) is set here, not in messages.js.
+      messages: this.ordered().map((m) =>
+        m.role === "agent" ? { ...m.toDict(), ended: m.ended ?? null } : m.toDict(),
+      ),
     };
   }
 
