@@ -57,3 +57,11 @@ class LinesAgent(EchoAgent):
             if self.chunk_delay > 0:
                 await asyncio.sleep(self.chunk_delay)
             yield f"\nline {number}: more of the answer"
+
+
+class HistoryAgent(Agent):
+    """Answers with what it was given of the conversation: "<n> turns: role:ended:text | …"."""
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:  # type: ignore[override]
+        turns = " | ".join(f"{t.role}:{t.ended}:{t.text}" for t in message.history)
+        yield f"{len(message.history)} turns: {turns}"

@@ -51,7 +51,8 @@ class Reply:
     `error` (the API's error object) with `headers`; `drop_after` closes the
     connection after that many content chunks; `stall` sends nothing more after
     the role chunk (or, with `stall_before_headers`, nothing at all) until the
-    client goes away; `pace` overrides the server's seconds between chunks.
+    client goes away; `stall_after` does so after that many content chunks; `pace`
+    overrides the server's seconds between chunks.
     """
 
     chunks: list[str] | None = None
@@ -62,6 +63,7 @@ class Reply:
     drop_after: int | None = None
     stall: bool = False
     stall_before_headers: bool = False
+    stall_after: int | None = None
     pace: float | None = None
 
 
@@ -101,6 +103,11 @@ def server_error(status: int = 500) -> Reply:
 def drop(after: int = 0, *chunks: str) -> Reply:
     """Stream `chunks` (default: the echo), closing the connection after `after` of them."""
     return Reply(chunks=list(chunks) or None, drop_after=after)
+
+
+def stall_after(count: int, *chunks: str) -> Reply:
+    """Stream `count` of `chunks`, then send nothing until the client goes away (Stop)."""
+    return Reply(chunks=list(chunks), stall_after=count)
 
 
 def stall(*, before_headers: bool = False) -> Reply:
@@ -323,6 +330,9 @@ class ChatCompletionsHandler(_FakeHandler):
                 await self._until_gone()
                 return
             for index, text in enumerate(chunks):
+                if reply.stall_after is not None and index >= reply.stall_after:
+                    await self._until_gone()
+                    return
                 if reply.drop_after is not None and index >= reply.drop_after:
                     self._cut()
                     return

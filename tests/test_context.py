@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jupyter_chatbridge.protocol import EventType
 from jupyter_chatbridge.server.agents import Ending, Role, Turn
-from jupyter_chatbridge.server.context import conversation_before, trim_turns
+from jupyter_chatbridge.server.context import Conversation, conversation_before, trim_turns
 from jupyter_chatbridge.server.state import EventLog
 
 
@@ -157,3 +157,19 @@ def test_trim_turns_without_limits_keeps_everything() -> None:
     turns = [Turn(Role.USER, "a"), Turn(Role.ASSISTANT, "b", Ending.COMPLETE)]
     assert trim_turns(turns, None) == tuple(turns)
     assert trim_turns(turns, None, 0) == ()
+
+
+def test_the_running_conversation_keeps_the_newest_whole_turns_within_its_budget() -> None:
+    turns = [
+        Turn(Role.USER, "a" * 10),
+        Turn(Role.ASSISTANT, "b" * 10, Ending.COMPLETE),
+        Turn(Role.USER, "c" * 5),
+        Turn(Role.ASSISTANT, "d" * 12, Ending.STOPPED),
+    ]
+    for budget in (0, 11, 12, 17, 27, 36, 37, 100):
+        conversation = Conversation(budget)
+        for turn in turns:
+            conversation.add(turn)
+        # The same rule as trimming a whole history at once.
+        assert conversation.turns == trim_turns(turns, budget), budget
+    assert Conversation(27, turns).turns == tuple(turns[1:])

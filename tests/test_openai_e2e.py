@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-from .fake_openai import FakeOpenAI
+from .fake_openai import FakeOpenAI, stall, stall_after
 from .support import Api, StreamFactory, new_cid
 
 KEY = "sk-e2e-0f9e8d7c6b5a4938SECRET"
@@ -83,3 +83,120 @@ async def test_without_the_openai_package_the_answer_is_one_error_naming_the_ext
     assert events[2]["message"].endswith(
         'OpenAIAgent needs the optional openai package: pip install "jupyter_chatbridge[openai]"'
     )
+
+
+async def _watch(api: Api, streams: StreamFactory, sid: str) -> Any:
+    cid = new_cid()
+    stream = await streams.open(cid)
+    await api.ok("POST", "watch", body={"sessionId": sid}, headers={"X-Connection-ID": cid})
+    return stream
+
+
+def _ended(stream: Any, message_id: str) -> bool:
+    return any(
+        e["type"] == "message_end" and e["messageId"] == message_id
+        for e in stream.session_events(None)
+    )
+
+
+def _ends(stream: Any) -> int:
+    return sum(e["type"] == "message_end" for e in stream.session_events(None))
+
+
+async def test_stop_closes_the_upstream_stream_and_the_next_message_is_answered(
+    api: Api, streams: StreamFactory, fake_openai: FakeOpenAI
+) -> None:
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    stream = await _watch(api, streams, "s1")
+    fake_openai.script(stall_after(1, "Partial ", "never sent"))  # then the default echo
+    await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": "c1", "text": "long"})
+    await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": "c2", "text": "next"})
+    await stream.wait_for(
+        lambda s: any(e.get("text") == "Partial " for e in s.session_events(None))
+    )
+    upstream = fake_openai.chat_requests[0]
+    assert not upstream.disconnected
+
+    stopped = await api.ok("POST", "sessions", "s1", "stop", body={"messageId": "m1"})
+    assert (stopped["stopped"], stopped["reason"]) == ("m1", "stopped")
+    await upstream.wait_disconnected()  # the fake saw its client go away
+    assert not upstream.finished
+    await stream.wait_for(lambda s: _ended(s, "m3"))
+    events = stream.session_events(None)
+    ends = {e["messageId"]: e["reason"] for e in events if e["type"] == "message_end"}
+    assert ends == {"m1": "stopped", "m3": "complete"}  # m<seq of the message answered>
+    assert "".join(e["text"] for e in events if e.get("messageId") == "m3" and "text" in e) == (
+        "You said: next"
+    )
+    # The stopped answer is in the next request's context, partial and marked as stopped.
+    second = fake_openai.chat_requests[1].body["messages"]
+    assert [m["role"] for m in second] == ["user", "assistant", "user"]
+    assert second[0]["content"] == "long" and second[2]["content"] == "next"
+    assert second[1]["content"].startswith("Partial ") and "stopped" in second[1]["content"]
+
+
+async def test_a_stop_before_the_first_token_closes_the_pending_request(
+    api: Api, streams: StreamFactory, fake_openai: FakeOpenAI
+) -> None:
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    stream = await _watch(api, streams, "s1")
+    fake_openai.script(stall())
+    await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": "c1", "text": "hi"})
+    upstream = await fake_openai.wait_for_requests(1)
+    stopped = await api.ok("POST", "sessions", "s1", "stop")
+    assert (stopped["stopped"], stopped["reason"]) == ("m1", "stopped")
+    await upstream.wait_disconnected()
+    await stream.wait_for(lambda s: _ended(s, "m1"))
+    answer = [e for e in stream.session_events(None) if e.get("messageId") == "m1"]
+    assert [(e["type"], e.get("reason")) for e in answer] == [
+        ("message_start", None),
+        ("message_end", "stopped"),
+    ]
+
+
+async def test_the_second_request_carries_the_first_exchange(
+    api: Api, streams: StreamFactory, fake_openai: FakeOpenAI
+) -> None:
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    stream = await _watch(api, streams, "s1")
+    for cmid, text in (("c1", "first question"), ("c2", "second question")):
+        await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": cmid, "text": text})
+    await stream.wait_for(lambda s: _ends(s) == 2)
+    assert fake_openai.chat_requests[1].body["messages"] == [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "You said: first question"},
+        {"role": "user", "content": "second question"},
+    ]
+
+
+@pytest.mark.chatbridge(max_context_chars=30)
+async def test_the_context_is_bounded_by_max_context_chars(
+    api: Api, streams: StreamFactory, fake_openai: FakeOpenAI
+) -> None:
+    await api.ok("POST", "sessions", body={"sessionId": "s1"})
+    stream = await _watch(api, streams, "s1")
+    texts = ("a long first question", "q2", "q3")
+    for number, text in enumerate(texts, 1):
+        await api.ok(
+            "POST", "send", body={"sessionId": "s1", "clientMsgId": f"c{number}", "text": text}
+        )
+    await stream.wait_for(lambda s: _ends(s) == 3)
+    # 30 characters: "q2" and "You said: q2" fit, the first exchange (21 + 31) does not.
+    assert fake_openai.chat_requests[2].body["messages"] == [
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "You said: q2"},
+        {"role": "user", "content": "q3"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [({"temperature": "hot"}, "temperature"), ({"model": 5}, "model")],
+)
+async def test_settings_the_agent_refuses_are_400_and_create_nothing(
+    api: Api, settings: dict[str, Any], fragment: str
+) -> None:
+    status, body = await api("POST", "sessions", body={"sessionId": "s1", "settings": settings})
+    assert status == 400 and body["code"] == "bad_request" and fragment in body["error"]
+    assert (await api("GET", "sessions", "s1"))[0] == 404
+    assert (await api.ok("GET", "sessions"))["sessions"] == []

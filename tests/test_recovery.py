@@ -46,14 +46,14 @@ def test_a_cut_answer_is_closed_with_an_error_and_its_end() -> None:
         cut_answer="m1",
         append=[
             ("error", {"message": INTERRUPTED_MESSAGE, "messageId": "m1"}),
-            ("message_end", {"messageId": "m1"}),
+            ("message_end", {"messageId": "m1", "reason": "interrupted"}),
         ],
     )
 
 
 def test_a_cut_answer_that_already_reported_an_error_gets_only_its_end() -> None:
     cut = log(user("a", "hi"), start(1), ("error", {"message": "boom", "messageId": "m1"}))
-    assert recover(cut).append == [("message_end", {"messageId": "m1"})]
+    assert recover(cut).append == [("message_end", {"messageId": "m1", "reason": "interrupted"})]
 
 
 def test_accepted_messages_no_answer_started_for_are_queued_again_in_order() -> None:

@@ -154,6 +154,7 @@ async def test_history_receipts_and_settings_survive_a_crash_mid_answer(
             "sessionId": "s1",
             "seq": len(before) + 2,
             "messageId": f"m{m2_seq}",
+            "reason": "interrupted",
         },
     ]
     # The message accepted before the crash is answered by the new process, with the

@@ -6,7 +6,14 @@ are public for clients that need their own composition.
 """
 
 from ..protocol.status import ConnectionStatus, StatusChange
-from .api import AgentError, AsyncChatClient, AsyncSession, SendFailed, SessionLost
+from .api import (
+    AgentError,
+    AnswerStopped,
+    AsyncChatClient,
+    AsyncSession,
+    SendFailed,
+    SessionLost,
+)
 from .blocking import ChatClient, Session
 from .discovery import ServerNotFound, discover_server
 from .outbox import Outbox, OutboxEvent, OutboxFull
@@ -17,6 +24,7 @@ from .transport import HTTPStatusError, HttpTransport, TransportError
 
 __all__ = [
     "AgentError",
+    "AnswerStopped",
     "AsyncChatClient",
     "AsyncSession",
     "ChatClient",

@@ -35,6 +35,17 @@ class AgentError(Exception):
     """The agent answered with an `error` event."""
 
 
+class AnswerStopped(Exception):
+    """The answer was stopped (`stop()`, or another client's Stop) before it completed.
+
+    `text` is what it had streamed until then.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__("the answer was stopped before it completed")
+        self.text = text
+
+
 class SessionLost(Exception):
     """The session ended or no longer exists."""
 
@@ -317,7 +328,8 @@ class AsyncSession:
 
         The answer is read by the transcript reducer (the clients' one rule for
         turning events into answers). Raises `SendFailed`, `AgentError` if the agent
-        failed, or `SessionLost`.
+        failed (or a server restart cut the answer short), `AnswerStopped` (with the
+        partial text) if it was stopped, or `SessionLost`.
         """
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         transcript = Transcript(self.id)
@@ -333,6 +345,8 @@ class AsyncSession:
                 return
             if reply.error is not None:
                 answer.set_exception(AgentError(reply.error))
+            elif reply.done and reply.ended == "stopped":
+                answer.set_exception(AnswerStopped(reply.text))
             elif reply.done:
                 answer.set_result(reply.text)
 
@@ -355,6 +369,18 @@ class AsyncSession:
             self._listeners.remove(on_event)
             self._send_listeners.remove(on_send)
             self._waiters.discard(answer)
+
+    async def stop(self, message_id: str | None = None) -> dict[str, Any]:
+        """Stop the running answer (or the one named); idempotent.
+
+        Returns the server's answer once the stopped answer's `message_end` is
+        committed: `{"stopped": messageId or None, "reason": "stopped" |
+        "not_running" | "already_ended", ...}`. An `ask()` waiting for that answer
+        raises `AnswerStopped`; messages queued behind it are still answered.
+        """
+        body = {} if message_id is None else {"messageId": message_id}
+        result: dict[str, Any] = await self.client._rest("POST", f"sessions/{self.id}/stop", body)
+        return result
 
     def _fill_gap(self, transcript: Transcript, then: Callable[[], None]) -> None:
         """Fetch the events a transcript misses from history, once per hole."""

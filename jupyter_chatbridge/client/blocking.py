@@ -259,8 +259,14 @@ class Session:
         return event
 
     def ask(self, text: str, timeout: float | None = 120.0) -> str:
-        """Send `text` and return the agent's whole answer."""
+        """Send `text` and return the agent's whole answer (raises `AnswerStopped`
+        with the partial text if it was stopped; see `AsyncSession.ask`)."""
         return self.client._call(self.aio.ask(text), timeout)
+
+    def stop(self, message_id: str | None = None, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Stop the running answer (or the one named); see `AsyncSession.stop`."""
+        result: dict[str, Any] = self.client._call(self.aio.stop(message_id), timeout)
+        return result
 
     def events(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Iterate session events as they arrive (exactly once, in seq order).

@@ -8,6 +8,8 @@ from typing import Any, Final, Literal
 
 Role = Literal["user", "agent", "notice"]
 LOST_BY_SERVER: Final = "lost by the server"
+ENDINGS: Final = frozenset({"complete", "stopped", "error", "interrupted"})
+"""How an answer can end: `message_end`'s `reason` on the wire."""
 
 
 class Delivery(str, Enum):
@@ -40,6 +42,7 @@ class Message:
     message_id: str | None = None
     reply_to: int | None = None
     done: bool = False
+    ended: str | None = None  # how it ended (an ENDINGS value); None while it streams
     # an answer's agent error, a send failure, or a notice's trouble
     error: str | None = None
     # What each part of an answer came with, so a rewind can cut it back (not shown).
@@ -76,7 +79,11 @@ class Message:
             )
         elif self.role == "agent":
             base.update(
-                messageId=self.message_id, replyTo=self.reply_to, done=self.done, error=self.error
+                messageId=self.message_id,
+                replyTo=self.reply_to,
+                done=self.done,
+                ended=self.ended,
+                error=self.error,
             )
         else:
             base.update(error=self.error)

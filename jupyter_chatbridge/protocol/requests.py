@@ -67,3 +67,14 @@ def parse_send(body: dict[str, Any], session_id: str | None = None) -> SendReque
     if not isinstance(text, str) or not text:
         raise InvalidRequest("text must be a non-empty string", client_msg_id)
     return SendRequest(session_id, str(client_msg_id), text)
+
+
+def parse_stop(body: dict[str, Any]) -> str | None:
+    """The `messageId` a Stop names (REST body or `stop` frame); None: the running answer."""
+    message_id = body.get("messageId")
+    if message_id is None:
+        return None
+    # An answer's id has the clientMsgId form (`m<seq>` from this server).
+    if not is_valid_client_msg_id(message_id):
+        raise InvalidRequest("messageId must be 1 to 128 printable ASCII characters")
+    return str(message_id)

@@ -19,6 +19,9 @@ Rules kept here (docs/client-rules.md, "transcript"):
 - a delivery state changes only on evidence about that message (its own
   `send_*` events, its `user_message`); a final failure is offered a Retry
   exactly when the outbox says it is `retryable`.
+- an answer's end state (`ended`) is its `message_end`'s `reason` (`complete`,
+  `stopped`, `error`, `interrupted`); without one (an older server), `error` if
+  an error event named it, else `complete`. A stopped answer keeps its text.
 - "thinking" is derived, never stored: a message of ours still pending, a user
   message not yet answered, or an answer still streaming, while the session lives.
 """
@@ -30,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import LOST_BY_SERVER, Delivery, Message, Role
+from .messages import ENDINGS, LOST_BY_SERVER, Delivery, Message, Role
 from .outbox_machine import outcome_of
 
 __all__ = ["Delivery", "Message", "Touched", "Transcript"]
@@ -214,6 +217,11 @@ class Transcript:
     def _message_end(self, event: Mapping[str, Any], seq: int) -> None:
         message = self._answer(event, seq)
         message.done, message.end_seq = True, seq
+        reason = event.get("reason")
+        if reason in ENDINGS:
+            message.ended = str(reason)
+        else:  # a server before reasons (or one this client does not know)
+            message.ended = "error" if message.error is not None else "complete"
         self.open_answers.discard(message.key)
         if message.reply_to is not None:
             self.unanswered.discard(message.reply_to)
@@ -324,7 +332,7 @@ class Transcript:
         if (answer.error_seq or 0) > last_seq:
             answer.error = answer.error_seq = None
         if (answer.end_seq or 0) > last_seq:
-            answer.done, answer.end_seq = False, None
+            answer.done, answer.end_seq, answer.ended = False, None, None
             self.open_answers.add(answer.key)
             if answer.reply_to is not None:
                 self.answered.discard(answer.reply_to)

@@ -129,7 +129,13 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
             raise
         limits = limits_from(self)
         bridge = ChatBridge(
-            limits, LoopScheduler(), self._make_agent, log=self.log, store=store, metrics=metrics
+            limits,
+            LoopScheduler(),
+            self._make_agent,
+            log=self.log,
+            store=store,
+            metrics=metrics,
+            validate_settings=self.agent_class.validate_settings,
         )
         try:
             restored = bridge.restore()

@@ -32,7 +32,13 @@ from .metrics import NO_METRICS, BridgeMetrics
 from .recovery import INTERRUPTED_MESSAGE, recover
 from .relay import RedisRelay
 from .runner import AgentFactory, AgentRunner
-from .sessions import MAX_SETTINGS_BYTES, SendResult, SessionService
+from .sessions import (
+    MAX_SETTINGS_BYTES,
+    SendResult,
+    SessionService,
+    SettingsValidator,
+    StopResult,
+)
 from .state import (
     Connection,
     ConnectionRegistry,
@@ -54,6 +60,7 @@ __all__ = [
     "FrameSink",
     "SendResult",
     "SessionSocket",
+    "StopResult",
 ]
 
 
@@ -68,6 +75,7 @@ class ChatBridge:
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
         store: SessionStore | None = None,
         metrics: BridgeMetrics = NO_METRICS,
+        validate_settings: SettingsValidator | None = None,
     ) -> None:
         self.limits = limits
         self.metrics = metrics
@@ -107,10 +115,17 @@ class ChatBridge:
             )
             self.fanout.relay = self.relay
             self.runner = LeasedRunner(
-                self.fanout, agent_factory, self.log, self.relay, limits.agent_lease_seconds
+                self.fanout,
+                agent_factory,
+                self.log,
+                self.relay,
+                limits.agent_lease_seconds,
+                limits.max_context_chars,
             )
         else:
-            self.runner = AgentRunner(self.fanout, agent_factory, self.log)
+            self.runner = AgentRunner(
+                self.fanout, agent_factory, self.log, max_context_chars=limits.max_context_chars
+            )
         self.runner.metrics = metrics
         self.connection_service = ConnectionService(
             self.connections, self.streams, limits, uuid.uuid4().hex[:16], self.log
@@ -123,6 +138,7 @@ class ChatBridge:
             limits,
             scheduler,
             store,
+            validate_settings,
         )
         self.session_service.relay = self.relay
         metrics.track(self)
@@ -259,6 +275,10 @@ class ChatBridge:
         self.metrics.record_send(result.duplicate, time.perf_counter() - started)
         return result
 
+    async def stop_answer(self, session_id: str, message_id: str | None = None) -> StopResult:
+        """Stop the running answer (or the one named); returns once its end is committed."""
+        return await self.session_service.stop_answer(session_id, message_id)
+
     async def commit(self) -> None:
         """Wait until everything so far is durable; a store failure is a 503."""
         await self.session_service.commit()
@@ -308,6 +328,10 @@ class ChatBridge:
             for event_type, fields in recovery.append:
                 self.fanout.publish(session, event_type, fields)
             session.pending.extend(recovery.requeue)
+            # Answers go in seq order: every message before the first requeued one was answered.
+            session.last_answered = (
+                recovery.requeue[0].seq - 1 if recovery.requeue else session.log.last_seq
+            )
         if len(self.sessions) > self.limits.max_sessions:
             self.log.warning(
                 "chatbridge: restored %d sessions, over max_sessions (%d); "

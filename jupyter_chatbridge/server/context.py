@@ -7,6 +7,7 @@ rule for what an agent sees lives in one place.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -78,6 +79,36 @@ def conversation_before(
     )
     keyed.sort(key=lambda item: item[0])
     return trim_turns([turn for _, turn in keyed], max_chars, max_turns)
+
+
+class Conversation:
+    """One session's conversation so far, bounded to `max_chars`, kept up to date by the
+    runner as each answer ends, so an answer's context costs no reparse of the log.
+
+    The runner answers messages one at a time in seq order, so the conversation
+    before message N is each earlier message followed by its answer: the runner
+    adds the pair when an answer ends. It starts from `conversation_before` of
+    the log once (a session restored after a restart, or the first answer).
+    """
+
+    def __init__(self, max_chars: int, turns: Iterable[Turn] = ()) -> None:
+        self._max_chars = max_chars
+        self._turns: deque[Turn] = deque()
+        self._chars = 0
+        for turn in turns:
+            self.add(turn)
+
+    def add(self, turn: Turn) -> None:
+        """The newest turn; the oldest are dropped, whole, while over the budget."""
+        self._turns.append(turn)
+        self._chars += len(turn.text)
+        while self._chars > self._max_chars and self._turns:
+            self._chars -= len(self._turns.popleft().text)
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        """The kept turns, oldest first (what `UserMessage.history` carries)."""
+        return tuple(self._turns)
 
 
 def trim_turns(

@@ -39,8 +39,9 @@ class LeasedRunner(AgentRunner):
         log: logging.Logger | logging.LoggerAdapter[Any],
         relay: RedisRelay,
         lease_seconds: float,
+        max_context_chars: int = 50000,
     ) -> None:
-        super().__init__(fanout, agent_factory, log)
+        super().__init__(fanout, agent_factory, log, max_context_chars)
         self._relay = relay
         self._lease_ms = max(100, int(lease_seconds * 1000))
         self._sweeper: asyncio.Task[None] | None = None

@@ -57,6 +57,11 @@ class BridgeLimits:
         "run lasts unless renewed. When that process dies, another one closes its cut "
         "answer as interrupted and answers the queued messages within about this time.",
     )
+    max_context_chars: int = _limit(
+        50000,
+        "Characters of earlier conversation (user messages and answers) handed to the "
+        "agent with each message (`UserMessage.history`); the oldest turns are dropped first.",
+    )
     busy_retry_after: int = _limit(
         1, "Seconds a refused client is told to wait (Retry-After) after a 429 or 503 busy."
     )

@@ -4,7 +4,8 @@ A server process that died mid-answer left a log whose last answer never got
 its `message_end`, and maybe user messages that were accepted (their receipts
 were committed) but never answered. `recover` reads the logged events and says
 what the restarted server must do: which events to append to close the cut
-answer, and which user messages to queue for the agent again.
+answer (an `error` saying so, unless it already had one, and its `message_end`
+with reason `interrupted`), and which user messages to queue for the agent again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import EventType
+from .agents import Ending
 from .state import LoggedEvent, PendingInput
 
 INTERRUPTED_MESSAGE = "interrupted by a server restart"
@@ -58,7 +60,9 @@ def recover(events: Iterable[LoggedEvent]) -> Recovery:
             append.append(
                 (EventType.ERROR, {"message": INTERRUPTED_MESSAGE, "messageId": open_answer})
             )
-        append.append((EventType.MESSAGE_END, {"messageId": open_answer}))
+        append.append(
+            (EventType.MESSAGE_END, {"messageId": open_answer, "reason": Ending.INTERRUPTED})
+        )
     requeue = []
     for event in user_messages:
         if event.seq <= answered:

@@ -8,17 +8,20 @@ before it promises anything (a 201, a 202, an `ack`).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..clock import Scheduler
 from ..protocol import CloseCode, DetachReason, ErrorCode, EventType, client_id, dumps
+from .agents import Ending
 from .connections import ConnectionService
 from .errors import BridgeError, session_unknown
 from .fanout import Fanout
 from .limits import BridgeLimits
-from .runner import AgentRunner
+from .runner import AgentRunner, StopOutcome
 from .state import (
     Connection,
     LoggedEvent,
@@ -51,6 +54,28 @@ class SendResult:
         }
 
 
+SettingsValidator = Callable[[dict[str, Any]], dict[str, Any]]
+"""The agent class's `validate_settings`: raises ValueError for settings it refuses."""
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """The answer to a Stop: which answer it stopped, or why nothing was."""
+
+    session_id: str
+    outcome: str  # a `StopOutcome` value
+    message_id: str | None  # the answer it concerns (None: nothing was running)
+
+    def body(self) -> dict[str, Any]:
+        stopped = self.message_id if self.outcome == StopOutcome.STOPPED else None
+        return {
+            "sessionId": self.session_id,
+            "stopped": stopped,
+            "reason": self.outcome,
+            "messageId": self.message_id,
+        }
+
+
 def _checked_settings(settings: Any) -> dict[str, Any]:
     if settings is None:
         return {}
@@ -79,7 +104,9 @@ class SessionService:
         limits: BridgeLimits,
         scheduler: Scheduler,
         store: SessionStore,
+        validate_settings: SettingsValidator | None = None,
     ) -> None:
+        self._validate_settings = validate_settings
         self._sessions = sessions
         self._fanout = fanout
         self._runner = runner
@@ -109,6 +136,11 @@ class SessionService:
         with the session and handed to its agent.
         """
         settings = _checked_settings(settings)
+        if self._validate_settings is not None:
+            try:
+                settings = self._validate_settings(settings)
+            except ValueError as exc:
+                raise BridgeError(400, ErrorCode.BAD_REQUEST, str(exc)) from None
         if len(self._sessions) >= self._limits.max_sessions:
             raise BridgeError(
                 429, ErrorCode.BUSY, f"too many sessions (limit {self._limits.max_sessions})"
@@ -141,6 +173,24 @@ class SessionService:
             )
         self._sessions.delete(session_id)
         self._fanout.end_sockets(session_id, CloseCode.SESSION_UNKNOWN, "session ended", ended)
+
+    async def stop_answer(self, session_id: str, message_id: str | None) -> StopResult:
+        """Stop the session's running answer (the one named, if given); idempotent.
+
+        Returns once the stopped answer's `message_end` is committed, so the
+        answer describes what every client will see. Stopping nothing, or an
+        answer that already ended, changes nothing.
+        """
+        session = self.session(session_id)
+        outcome, concerned, ended = self._runner.stop_answer(session, message_id)
+        if ended is not None:
+            await asyncio.wait([ended])
+            if ended.cancelled():  # deleted (or the server stopped) before it ended
+                raise session_unknown(session_id)
+            if ended.result() != Ending.STOPPED:  # it ended by itself before Stop reached it
+                outcome = StopOutcome.ALREADY_ENDED
+            await self.commit()
+        return StopResult(session_id, outcome, concerned)
 
     def history(
         self, session_id: str, after: int, limit: int | None

@@ -10,6 +10,7 @@ from .api import (
     SessionHandler,
     SessionHistoryHandler,
     SessionsHandler,
+    StopHandler,
 )
 from .events import EventStreamHandler
 from .page import ChatPageHandler
@@ -28,6 +29,7 @@ def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
         (f"chatbridge/api/sessions/{SESSION_ID}", SessionHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}/events", SessionHistoryHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}/ws", SessionSocketHandler, {}),
+        (f"chatbridge/api/sessions/{SESSION_ID}/stop", StopHandler, {}),
         (
             r"chatbridge/api/(?P<action>watch|unwatch|attach|detach|suspend)",
             ConnectionActionHandler,

@@ -8,7 +8,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ...protocol import ErrorCode, is_valid_session_id
-from ...protocol.requests import InvalidRequest, SendRequest, parse_send
+from ...protocol.requests import InvalidRequest, SendRequest, parse_send, parse_stop
 from ..errors import BridgeError, bad_request
 from ..sessions import SendResult
 from .base import ChatBridgeHandler, canonical_connection_id
@@ -79,6 +79,17 @@ class SessionHandler(ChatBridgeHandler):
         self.log.info("chatbridge: session %s deleted", session_id)
         self.set_status(204)
         self.finish()
+
+
+class StopHandler(ChatBridgeHandler):
+    """`POST chatbridge/api/sessions/{id}/stop`: stop the running answer; idempotent."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, session_id: str) -> None:
+        message_id = parse_stop(self.json_body())
+        result = await self.bridge.stop_answer(_session_id_from_path(session_id), message_id)
+        self.write_json(200, result.body())
 
 
 class SessionHistoryHandler(ChatBridgeHandler):

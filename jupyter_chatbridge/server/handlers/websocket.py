@@ -21,7 +21,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ...protocol import CloseCode, ErrorCode, dumps, is_valid_client_msg_id, is_valid_session_id
-from ...protocol.requests import InvalidRequest, parse_json_object, parse_send
+from ...protocol.requests import InvalidRequest, parse_json_object, parse_send, parse_stop
 from ..errors import BridgeError, bad_request, session_unknown
 from ..state import LoggedEvent, Session
 from .base import WRITE_AHEAD_BYTES, BridgeHandlerMixin
@@ -72,6 +72,9 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
 
     def open(self, session_id: str) -> None:
         super().open()  # WebSocketMixin: keep-alive pings
+        # Tornado leaves Nagle on for WebSockets: an ack or a small event frame would
+        # wait for the client's delayed ACK (~40 ms) before the next frame goes out.
+        self.set_nodelay(True)
         if session_id not in self.bridge.sessions:
             self.bridge.metrics.record_session_unknown_close()
             self.close(CloseCode.SESSION_UNKNOWN, "session unknown")
@@ -83,10 +86,15 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         # A coroutine: tornado reads the next frame only after this one is acked, in order.
         try:
             frame = parse_json_object(message, "frame")
+            if frame.get("type") == "stop":
+                await self._stop(parse_stop(frame))
+                return
             if frame.get("type") != "send":
                 client_msg_id = frame.get("clientMsgId")
                 echo_id = client_msg_id if is_valid_client_msg_id(client_msg_id) else None
-                raise InvalidRequest("unknown frame type; only 'send' is accepted", echo_id)
+                raise InvalidRequest(
+                    "unknown frame type; only 'send' and 'stop' are accepted", echo_id
+                )
             request = parse_send(frame, self._session_id)
         except InvalidRequest as invalid:
             self.bridge.metrics.record_send_refused(ErrorCode.BAD_REQUEST.value)
@@ -108,6 +116,22 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
                 "duplicate": result.duplicate,
             }
         )
+
+    async def _stop(self, message_id: str | None) -> None:
+        """A `stop` frame: answered with a `stopped` frame (the REST answer's fields)."""
+        try:
+            result = await self.bridge.stop_answer(self._session_id, message_id)
+        except BridgeError as error:
+            self._write(
+                {
+                    "type": "stopped",
+                    "messageId": message_id,
+                    "error": error.message,
+                    "code": error.code.value,
+                }
+            )
+            return
+        self._write({"type": "stopped", **result.body()})
 
     def on_close(self) -> None:
         if self._registered:

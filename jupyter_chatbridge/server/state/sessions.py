@@ -60,6 +60,8 @@ class Session:
     agent: Any = None
     settings: dict[str, Any] = field(default_factory=dict)
     """The agent settings given at creation (kept by the store, handed to the agent)."""
+    last_answered: int = 0
+    """The seq of the newest user message an answer was started for (0: none)."""
 
     @property
     def driver_client_id(self) -> str | None:

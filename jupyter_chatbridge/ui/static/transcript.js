@@ -17,6 +17,8 @@ import { Message, displayOrder } from "./messages.js";
 import { outcomeOf } from "./outbox.js";
 
 export const LOST_BY_SERVER = "lost by the server";
+// How an answer can end: message_end's reason on the wire.
+const ENDINGS = new Set(["complete", "stopped", "error", "interrupted"]);
 
 function int(value) {
   return Number.isInteger(value) ? value : null;
@@ -239,6 +241,8 @@ export class Transcript {
     const message = this.answer(event, seq);
     message.done = true;
     message.endSeq = seq;
+    // message_end's reason; a server before reasons: error if an error named it, else complete.
+    message.ended = ENDINGS.has(event.reason) ? event.reason : message.error !== null ? "error" : "complete";
     this.openAnswers.delete(message.key);
     if (message.replyTo !== null) {
       this.unanswered.delete(message.replyTo);
@@ -361,6 +365,7 @@ export class Transcript {
     if (endLost) {
       answer.done = false;
       answer.endSeq = null;
+      answer.ended = null;
       this.openAnswers.add(answer.key);
       if (answer.replyTo !== null) {
         this.answered.delete(answer.replyTo);
@@ -408,7 +413,10 @@ export class Transcript {
       gap: this.gap,
       rewound: this.rewound,
       thinking: this.thinking,
-      messages: this.ordered().map((m) => m.toDict()),
+      // An answer's end state (`ended`, null while it streams) is set here, not in messages.js.
+      messages: this.ordered().map((m) =>
+        m.role === "agent" ? { ...m.toDict(), ended: m.ended ?? null } : m.toDict(),
+      ),
     };
   }
 
