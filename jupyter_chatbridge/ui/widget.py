@@ -41,6 +41,7 @@ from ..client.outbox import OutboxEvent, OutboxFull
 from ..client.stream import StreamClosed
 from ..client.transport import HTTPStatusError, TransportError
 from ..protocol import EventType, cid_from_hex, is_valid_session_id
+from ..protocol.rules import after_expiry
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
 from .panel import ChatPanel
@@ -118,6 +119,9 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._close_lock = threading.Lock()
         self._open_lock: asyncio.Lock | None = None
         self._setting_up = True
+        # This panel drives its session (attached, not detached since): what a connection
+        # the server no longer holds (`resumed: false`) must restore or explain.
+        self._driving = False
         self._render_handle: asyncio.TimerHandle | None = None
         self._last_render = 0.0
         self._loop = asyncio.new_event_loop()
@@ -264,9 +268,14 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
                 self._render_soon()
 
         def on_frame(kind: str, data: dict[str, Any]) -> None:
+            if kind == EventType.WELCOME and not self._closed and not data.get("resumed"):
+                if self._driving:
+                    self._spawn(self._after_expiry())
+                return
             if self._closed or data.get("sessionId") != self.session_id:
                 return
             if kind == EventType.DETACHED:
+                self._driving = False
                 self.view.detached(str(data.get("reason")))
             elif kind == "rewound" and isinstance(data.get("lastSeq"), int):
                 self.view.rewound(data["lastSeq"])
@@ -326,6 +335,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             finally:
                 self._setting_up = False
                 self._render_soon()
+            self._driving = True
             self.view.session_opened()
             client.outbox.release()
             self._render_soon()
@@ -390,8 +400,29 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         except (HTTPStatusError, TransportError, StreamClosed) as exc:
             log.warning("chatbridge widget: take over failed: %s", exc)
             return
+        self._driving = True
         self.view.session_opened()
         self._render_soon()
+
+    async def _after_expiry(self) -> None:
+        """The server no longer held our connection (it expired, or the server restarted):
+        drive the session again unless another client took over (rules.after_expiry)."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            described = await client.get_session(self.session_id)
+        except (HTTPStatusError, TransportError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("chatbridge widget: could not read the session's driver: %s", exc)
+            return
+        own_id = f"{client.stream.connection_id or self.cid}:{self.session_id}"
+        action = after_expiry(self._driving, described.get("driver"), own_id)
+        if action == "attach":
+            await self._attach()
+        elif action == "taken_over":
+            self._driving = False
+            self.view.detached("taken_over")
+            self._render_soon()
 
     def _idle(self) -> bool:
         return (

@@ -45,6 +45,7 @@ export function drawPage(page) {
   }
 
   drawPicker(page);
+  drawUnavailable(page);
 
   const gone = page.$("session-gone");
   gone.hidden = !(view && page.gone);
@@ -90,6 +91,22 @@ export function drawPage(page) {
   const usable = Boolean(view) && !page.gone;
   page.$("message").disabled = !usable;
   page.$("send").disabled = !usable;
+}
+
+// The server cannot serve chat at all (its store is held by another server): its own
+// message, above everything it makes fail.
+function drawUnavailable(page) {
+  let banner = page.$("server-unavailable");
+  if (!banner) {
+    banner = element("section", "gone");
+    banner.id = "server-unavailable";
+    banner.setAttribute("role", "alert");
+    banner.append(element("strong", "", "The server cannot serve chat."), " ");
+    banner.append(element("span", "detail"));
+    page.$("session-gone").before(banner);
+  }
+  banner.hidden = page.unavailable === null;
+  banner.querySelector(".detail").textContent = page.unavailable || "";
 }
 
 function drawPicker(page) {
@@ -210,6 +227,7 @@ export function debugSnapshot(page) {
       retryInMs: page.stream.retryInMs,
     },
     gone: page.gone,
+    unavailable: page.unavailable,
     live: page.live
       ? {
           opened: page.live.opened,
