@@ -13,6 +13,7 @@ import { Transcript } from "./transcript.js";
 
 const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FILL_GRACE_MS = 500;
+const RENDER_INTERVAL_MS = 50;
 
 function positiveIntParam(params, name, fallback) {
   const value = Number(params.get(name));
@@ -48,6 +49,7 @@ export class ChatPage {
     this.fillTimer = null;
     this.filling = false;
     this.renderQueued = false;
+    this.lastRender = null; // performance.now() of the last redraw
     this.errors = new Map(); // operation -> message
     this.pickerKey = null;
     this.$ = (id) => document.getElementById(id);
@@ -469,13 +471,19 @@ export class ChatPage {
     node.hidden = !text;
   }
 
+  // One redraw per burst: at once after a quiet spell, else at most every RENDER_INTERVAL_MS,
+  // so a replay of thousands of events costs a few dozen redraws, not one per event.
   render() {
     if (this.renderQueued) return;
     this.renderQueued = true;
-    queueMicrotask(() => {
+    const draw = () => {
       this.renderQueued = false;
+      this.lastRender = performance.now();
       drawPage(this);
-    });
+    };
+    const wait = (this.lastRender ?? -Infinity) + RENDER_INTERVAL_MS - performance.now();
+    if (wait <= 0) queueMicrotask(draw);
+    else setTimeout(draw, wait);
   }
 
   /** A snapshot of the client's state, for tests and the console. */
