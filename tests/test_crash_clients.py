@@ -99,7 +99,7 @@ def assert_cut_answer_interrupted(rows: list[Row], index: int) -> None:
     assert agent[2] == INTERRUPTED, agent
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(("chunk_delay", "words", "kills"), RATES)
 async def test_the_widget_displays_the_history_after_each_sigkill(
     server_factory: Callable[..., ServerProcess], chunk_delay: float, words: int, kills: int
@@ -149,7 +149,7 @@ async def test_the_widget_displays_the_history_after_each_sigkill(
         await asyncio.get_running_loop().run_in_executor(None, widget.close)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(("chunk_delay", "words", "kills"), RATES)
 async def test_the_page_displays_the_history_after_each_sigkill(
     server_factory: Callable[..., ServerProcess],
