@@ -202,8 +202,12 @@ class ChatView:
 
     def session_opened(self) -> None:
         """The session is watched and driven from here: clears what opening it resolves."""
-        self._banners.pop("setup_failed", None)
+        self.session_watched()
         self.detached_reason = None
+
+    def session_watched(self) -> None:
+        """The session is watched again (a reconnect): opening it no longer fails."""
+        self._banners.pop("setup_failed", None)
         self._changes.chrome = True
 
     def detached(self, reason: str) -> None:

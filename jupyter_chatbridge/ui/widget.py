@@ -122,6 +122,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         # This panel drives its session (attached, not detached since): what a connection
         # the server no longer holds (`resumed: false`) must restore or explain.
         self._driving = False
+        self._opened = False  # the session was opened once (a later open is a reconnect)
         self._render_handle: asyncio.TimerHandle | None = None
         self._last_render = 0.0
         self._loop = asyncio.new_event_loop()
@@ -309,6 +310,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             if reconnect:
                 client.reconnect()
             self._render_soon()
+            # Drive it on the first open and for a new session; a reconnect keeps what the
+            # server says (rules.after_expiry decides on `resumed: false`), so it never
+            # takes the session back from a client that took over meanwhile.
+            attach = new_session or not self._opened
             handle = client.handle(self.session_id)
             if handle is not self._handle:
                 # Before watching: the replay of the conversation so far must reach the view.
@@ -319,7 +324,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
                 await client.connect()
                 # From the start (the conversation so far), or after what is shown.
                 await client.session(
-                    self.session_id, create=True, after_seq=self.view.last_seq, attach=True
+                    self.session_id, create=True, after_seq=self.view.last_seq, attach=attach
                 )
             except StreamClosed:
                 return  # the status line and banner already say why
@@ -335,8 +340,12 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             finally:
                 self._setting_up = False
                 self._render_soon()
-            self._driving = True
-            self.view.session_opened()
+            self._opened = True
+            if attach:
+                self._driving = True
+                self.view.session_opened()
+            else:
+                self.view.session_watched()
             client.outbox.release()
             self._render_soon()
 
