@@ -20,6 +20,7 @@ from typing import Any
 
 from ..clock import LoopScheduler, Scheduler, TimerHandle, sleep
 from ..protocol import EventType, new_cid, normalize_cid
+from ..protocol.rules import server_unavailable
 from ..protocol.status import ConnectionStatus, StatusChange
 from .policy import IDLE_TIMEOUT, ReconnectPolicy
 from .sse import SSEParser
@@ -194,13 +195,26 @@ class EventStream:
             if self._closed:
                 return
             self.last_error = _describe(failure)
+            unavailable = (
+                server_unavailable(failure.status, failure.body)
+                if isinstance(failure, HTTPStatusError)
+                else None
+            )
             step = self._policy.after_close(self._scheduler.now(), failure)
             if step.decision == "failed":
                 log.warning("chatbridge: event stream failed: %s", self.last_error)
-                self._set_status(StatusChange(ConnectionStatus.FAILED, error=self.last_error))
+                self._set_status(
+                    StatusChange(
+                        ConnectionStatus.FAILED, error=self.last_error, unavailable=unavailable
+                    )
+                )
                 return
             if step.decision == "offline" or step.delay is None:
-                self._set_status(StatusChange(ConnectionStatus.OFFLINE, error=self.last_error))
+                self._set_status(
+                    StatusChange(
+                        ConnectionStatus.OFFLINE, error=self.last_error, unavailable=unavailable
+                    )
+                )
                 return
             delay = step.delay
             self._set_status(
@@ -210,6 +224,7 @@ class EventStream:
                     max_attempts=self._policy.max_attempts,
                     retry_in=delay,
                     error=self.last_error,
+                    unavailable=unavailable,
                 )
             )
             await sleep(self._scheduler, delay)

@@ -47,10 +47,35 @@ _PERMANENT_HTTP: Final = (int(_CLASSIFY["permanentHttpMin"]), int(_CLASSIFY["per
 # Client errors that say "not now" rather than "never": time-out, too early, busy.
 TRANSIENT_CLIENT_ERRORS: Final = frozenset(int(c) for c in _CLASSIFY["transientHttp"])
 
+_UNAVAILABLE: Final = RULES["unavailable"]
+
 # Past this exponent the nominal delay is the cap for any sane base; it keeps 2**n finite.
 _MAX_EXPONENT: Final = 64
 
 VerdictName = Literal["permanent", "transient"]
+
+
+def server_unavailable(status: int | None, body: Any) -> str | None:
+    """The server's message when an answer to a call that commits nothing (the event
+    stream, a GET) says the server cannot serve chat at all; None otherwise."""
+    if status != _UNAVAILABLE["status"] or not isinstance(body, dict):
+        return None
+    if body.get("code") != _UNAVAILABLE["code"]:
+        return None
+    return str(body.get("error") or f"HTTP {status}")
+
+
+ExpiryAction = Literal["attach", "taken_over", "none"]
+
+
+def after_expiry(drove: bool, driver: str | None, client_id: str) -> ExpiryAction:
+    """What a client does once the server no longer holds its connection (`resumed: false`):
+    it drove the session and no one else took over (`driver`, the session's clientId, is
+    none or its own `client_id`): `attach` again; another client drives it: `taken_over`
+    (show it, with Take over); it did not drive: `none`."""
+    if not drove:
+        return "none"
+    return "attach" if driver in (None, client_id) else "taken_over"
 
 
 def classify_code(code: int | None) -> VerdictName:

@@ -27,3 +27,6 @@ class StatusChange:
     max_attempts: int = 0
     retry_in: float | None = None
     error: str | None = None
+    # The server's own message when it answered that it cannot serve chat at all (a store
+    # held by another server, rules.server_unavailable): a UI shows it as a banner.
+    unavailable: str | None = None

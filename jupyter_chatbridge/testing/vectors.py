@@ -19,8 +19,10 @@ from ..protocol.rules import (
     MAX_RECONNECT_ATTEMPTS,
     STABLE_MS,
     ReconnectBudget,
+    after_expiry,
     backoff_ms,
     classify_code,
+    server_unavailable,
 )
 from ..protocol.transcript import Transcript
 
@@ -41,6 +43,14 @@ def load_vectors() -> list[dict[str, Any]]:
 
 def _classify(_: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
     return lambda step: classify_code(step.get("code"))
+
+
+def _unavailable(_: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda step: server_unavailable(step.get("status"), step.get("body"))
+
+
+def _expiry(_: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda step: after_expiry(bool(step["drove"]), step.get("driver"), step["clientId"])
 
 
 def _backoff(config: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]:
@@ -144,6 +154,8 @@ def _transcript(config: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], Any]
 
 DRIVERS: Final[dict[str, Callable[[Mapping[str, Any]], Callable[[Mapping[str, Any]], Any]]]] = {
     "classify": _classify,
+    "unavailable": _unavailable,
+    "expiry": _expiry,
     "backoff": _backoff,
     "budget": _budget,
     "outbox": _outbox,

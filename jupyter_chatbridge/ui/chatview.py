@@ -45,9 +45,11 @@ _NOT_DRIVING: Final = "this panel no longer drives this session"
 Entry = Message
 
 
-BannerKind = Literal["session_unknown", "connection_refused", "setup_failed"]
-# Which banner shows when several causes hold at once.
+BannerKind = Literal["server_unavailable", "session_unknown", "connection_refused", "setup_failed"]
+# Which banner shows when several causes hold at once. A server that cannot serve chat at
+# all first: what it says is the cause of everything else (404s, failed watches).
 _BANNER_PRIORITY: Final[tuple[BannerKind, ...]] = (
+    "server_unavailable",
     "session_unknown",
     "connection_refused",
     "setup_failed",
@@ -160,9 +162,16 @@ class ChatView:
         self.status_change = change
         if change.max_attempts:
             self.max_attempts = change.max_attempts
+        if change.unavailable is not None:
+            self._banners["server_unavailable"] = Banner(
+                "server_unavailable",
+                f"The server cannot serve chat: {change.unavailable}",
+                "Reconnect",
+            )
         if change.status is ConnectionStatus.CONNECTED:
             # Evidence about the connection itself: it works again.
             self._banners.pop("connection_refused", None)
+            self._banners.pop("server_unavailable", None)
         elif change.status is ConnectionStatus.FAILED:
             self._banners["connection_refused"] = Banner(
                 "connection_refused",
@@ -193,8 +202,12 @@ class ChatView:
 
     def session_opened(self) -> None:
         """The session is watched and driven from here: clears what opening it resolves."""
-        self._banners.pop("setup_failed", None)
+        self.session_watched()
         self.detached_reason = None
+
+    def session_watched(self) -> None:
+        """The session is watched again (a reconnect): opening it no longer fails."""
+        self._banners.pop("setup_failed", None)
         self._changes.chrome = True
 
     def detached(self, reason: str) -> None:

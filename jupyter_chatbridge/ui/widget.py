@@ -45,6 +45,7 @@ from ..client.outbox import OutboxEvent, OutboxFull
 from ..client.stream import StreamClosed
 from ..client.transport import HTTPStatusError, TransportError
 from ..protocol import EventType, cid_from_hex, is_valid_session_id
+from ..protocol.rules import after_expiry
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
 from .kernel_thread import KernelThread
@@ -135,6 +136,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._close_lock = threading.Lock()
         self._open_lock: asyncio.Lock | None = None
         self._setting_up = True
+        # This panel drives its session (attached, not detached since): what a connection
+        # the server no longer holds (`resumed: false`) must restore or explain.
+        self._driving = False
+        self._opened = False  # the session was opened once (a later open is a reconnect)
         self._render_handle: asyncio.TimerHandle | None = None
         self._last_render = 0.0
         self._loop = asyncio.new_event_loop()
@@ -286,9 +291,14 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
                 self._render_soon()
 
         def on_frame(kind: str, data: dict[str, Any]) -> None:
+            if kind == EventType.WELCOME and not self._closed and not data.get("resumed"):
+                if self._driving:
+                    self._spawn(self._after_expiry())
+                return
             if self._closed or data.get("sessionId") != self.session_id:
                 return
             if kind == EventType.DETACHED:
+                self._driving = False
                 self.view.detached(str(data.get("reason")))
             elif kind == "rewound" and isinstance(data.get("lastSeq"), int):
                 self.view.rewound(data["lastSeq"])
@@ -322,6 +332,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             if reconnect:
                 client.reconnect()
             self._render_soon()
+            # Drive it on the first open and for a new session; a reconnect keeps what the
+            # server says (rules.after_expiry decides on `resumed: false`), so it never
+            # takes the session back from a client that took over meanwhile.
+            attach = new_session or not self._opened
             handle = client.handle(self.session_id)
             if handle is not self._handle:
                 # Before watching: the replay of the conversation so far must reach the view.
@@ -332,7 +346,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
                 await client.connect()
                 # From the start (the conversation so far), or after what is shown.
                 await client.session(
-                    self.session_id, create=True, after_seq=self.view.last_seq, attach=True
+                    self.session_id, create=True, after_seq=self.view.last_seq, attach=attach
                 )
             except StreamClosed:
                 return  # the status line and banner already say why
@@ -348,7 +362,12 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             finally:
                 self._setting_up = False
                 self._render_soon()
-            self.view.session_opened()
+            self._opened = True
+            if attach:
+                self._driving = True
+                self.view.session_opened()
+            else:
+                self.view.session_watched()
             client.outbox.release()
             self._render_soon()
 
@@ -412,8 +431,29 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         except (HTTPStatusError, TransportError, StreamClosed) as exc:
             log.warning("chatbridge widget: take over failed: %s", exc)
             return
+        self._driving = True
         self.view.session_opened()
         self._render_soon()
+
+    async def _after_expiry(self) -> None:
+        """The server no longer held our connection (it expired, or the server restarted):
+        drive the session again unless another client took over (rules.after_expiry)."""
+        client = self._client
+        if client is None:
+            return
+        try:
+            described = await client.get_session(self.session_id)
+        except (HTTPStatusError, TransportError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("chatbridge widget: could not read the session's driver: %s", exc)
+            return
+        own_id = f"{client.stream.connection_id or self.cid}:{self.session_id}"
+        action = after_expiry(self._driving, described.get("driver"), own_id)
+        if action == "attach":
+            await self._attach()
+        elif action == "taken_over":
+            self._driving = False
+            self.view.detached("taken_over")
+            self._render_soon()
 
     def _idle(self) -> bool:
         return (

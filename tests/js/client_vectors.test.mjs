@@ -17,7 +17,13 @@ import {
   OutboxMachine,
   eventForm,
 } from "../../jupyter_chatbridge/ui/static/outbox.js";
-import { ReconnectBudget, backoffMs, classify } from "../../jupyter_chatbridge/ui/static/policy.js";
+import {
+  ReconnectBudget,
+  afterExpiry,
+  backoffMs,
+  classify,
+  serverUnavailable,
+} from "../../jupyter_chatbridge/ui/static/policy.js";
 import { Transcript } from "../../jupyter_chatbridge/ui/static/transcript.js";
 
 const PROTOCOL = new URL("../../jupyter_chatbridge/protocol/", import.meta.url);
@@ -27,6 +33,10 @@ const { vectors: VECTORS } = readJson("client_vectors.json");
 
 const DRIVERS = {
   classify: () => (input) => classify(RULES, input.code ?? null),
+
+  unavailable: () => (input) => serverUnavailable(RULES, input.status ?? null, input.body ?? null),
+
+  expiry: () => (input) => afterExpiry(input.drove, input.driver ?? null, input.clientId),
 
   backoff: (config) => (input) =>
     backoffMs(RULES, input.attempt, input.random, { baseMs: config.baseMs, capMs: config.capMs }),

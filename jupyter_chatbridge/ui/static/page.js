@@ -7,12 +7,13 @@ import { EventStream } from "./event-stream.js";
 import { CidGuard, newCid, storageGet, storageSet, tabCid } from "./ids.js";
 import { LiveSocket } from "./live-socket.js";
 import { Outbox, OutboxFull } from "./outbox.js";
-import { backoffMs, classify } from "./policy.js";
+import { backoffMs, classify, serverUnavailable } from "./policy.js";
 import { debugSnapshot, drawPage } from "./render.js";
 import { Transcript } from "./transcript.js";
 
 const SESSION_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const FILL_GRACE_MS = 500;
+const RENDER_INTERVAL_MS = 50;
 
 function positiveIntParam(params, name, fallback) {
   const value = Number(params.get(name));
@@ -39,6 +40,8 @@ export class ChatPage {
     this.live = null;
     this.liveState = null;
     this.gone = null;
+    // The server's message while it says it cannot serve chat at all (rules.unavailable).
+    this.unavailable = null;
     // clientMsgId -> {sessionId, text, history, last}: what this page sent, the delivery
     // states each message went through, and its last outbox event (for another view).
     this.delivery = new Map();
@@ -46,6 +49,7 @@ export class ChatPage {
     this.fillTimer = null;
     this.filling = false;
     this.renderQueued = false;
+    this.lastRender = null; // performance.now() of the last redraw
     this.errors = new Map(); // operation -> message
     this.pickerKey = null;
     this.$ = (id) => document.getElementById(id);
@@ -129,9 +133,21 @@ export class ChatPage {
   // -- HTTP ----------------------------------------------------------------------------------
 
   /** One REST call under cookie login (api.js), on this page's connection. */
-  request(method, path, body) {
+  async request(method, path, body) {
     const target = { url: this.api, xsrf: this.xsrf, connectionId: this.connectionId };
-    return apiRequest(target, method, path, body);
+    const result = await apiRequest(target, method, path, body);
+    // Only a call that commits nothing tells: a send's 503 is a store failing to commit.
+    if (method === "GET") this.noteUnavailable(result);
+    return result;
+  }
+
+  /** A GET's answer is evidence about the whole server: unavailable, or serving again. */
+  noteUnavailable({ status, body }) {
+    const message = serverUnavailable(this.rules, status, body);
+    if (message !== null) this.unavailable = message;
+    else if (status >= 200 && status < 300) this.unavailable = null;
+    else return;
+    this.render();
   }
 
   postSend(message) {
@@ -159,6 +175,7 @@ export class ChatPage {
     this.connectionId = welcome.connectionId;
     this.epoch = welcome.epoch;
     this.welcomes.push(welcome);
+    this.unavailable = null; // it serves a stream: it serves chat
     if (this.welcomes.length > 20) this.welcomes.shift();
     this.setStatus("connected");
     // Re-watch when the server cannot have replayed what this page is missing: it lost our
@@ -454,13 +471,19 @@ export class ChatPage {
     node.hidden = !text;
   }
 
+  // One redraw per burst: at once after a quiet spell, else at most every RENDER_INTERVAL_MS,
+  // so a replay of thousands of events costs a few dozen redraws, not one per event.
   render() {
     if (this.renderQueued) return;
     this.renderQueued = true;
-    queueMicrotask(() => {
+    const draw = () => {
       this.renderQueued = false;
+      this.lastRender = performance.now();
       drawPage(this);
-    });
+    };
+    const wait = (this.lastRender ?? -Infinity) + RENDER_INTERVAL_MS - performance.now();
+    if (wait <= 0) queueMicrotask(draw);
+    else setTimeout(draw, wait);
   }
 
   /** A snapshot of the client's state, for tests and the console. */

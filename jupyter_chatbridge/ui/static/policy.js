@@ -18,6 +18,28 @@ export function classify(rules, code) {
   return table.otherwise;
 }
 
+/**
+ * The server's message when an answer to a call that commits nothing (a GET; the event
+ * stream, whose status EventSource hides) says the server cannot serve chat at all (its
+ * store is held by another server); null otherwise.
+ */
+export function serverUnavailable(rules, status, body) {
+  const rule = rules.unavailable;
+  if (status !== rule.status || !body || body.code !== rule.code) return null;
+  return String(body.error || `HTTP ${status}`);
+}
+
+/**
+ * What a client does once the server no longer holds its connection (resumed: false):
+ * it drove the session and no one else took over (`driver`, the session's clientId, is
+ * null or its own `clientId`): "attach" again; another client drives it: "taken_over"
+ * (show it, with Take over); it did not drive: "none".
+ */
+export function afterExpiry(drove, driver, clientId) {
+  if (!drove) return "none";
+  return driver === null || driver === undefined || driver === clientId ? "attach" : "taken_over";
+}
+
 // Past this exponent the nominal delay is the cap for any sane base.
 const MAX_EXPONENT = 64;
 

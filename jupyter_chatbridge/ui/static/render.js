@@ -45,6 +45,7 @@ export function drawPage(page) {
   }
 
   drawPicker(page);
+  drawUnavailable(page);
 
   const gone = page.$("session-gone");
   gone.hidden = !(view && page.gone);
@@ -92,6 +93,22 @@ export function drawPage(page) {
   page.$("send").disabled = !usable;
 }
 
+// The server cannot serve chat at all (its store is held by another server): its own
+// message, above everything it makes fail.
+function drawUnavailable(page) {
+  let banner = page.$("server-unavailable");
+  if (!banner) {
+    banner = element("section", "gone");
+    banner.id = "server-unavailable";
+    banner.setAttribute("role", "alert");
+    banner.append(element("strong", "", "The server cannot serve chat."), " ");
+    banner.append(element("span", "detail"));
+    page.$("session-gone").before(banner);
+  }
+  banner.hidden = page.unavailable === null;
+  banner.querySelector(".detail").textContent = page.unavailable || "";
+}
+
 function drawPicker(page) {
   const select = page.$("session-select");
   const current = page.view ? page.view.sessionId : "";
@@ -123,24 +140,78 @@ function drawTranscript(page) {
     nodes.push(element("p", "hint", "Pick a session or create one to start chatting."));
   } else {
     // The transcript's order: the session's seq order, this page's unnumbered sends last.
+    // A message's node is rebuilt only when what it shows changed: a long conversation
+    // (megabytes of text) is not redrawn whole for every streamed word.
+    const cache = rowCache(page, view);
+    const seen = new Set();
     for (const message of view.ordered()) {
-      if (message.role === "user") {
-        nodes.push(userBubble(page, message));
-      } else if (message.role === "agent") {
-        const bubble = element("div", "msg assistant", message.text);
-        bubble.dataset.messageId = message.messageId;
-        bubble.dataset.done = String(message.done);
-        if (message.error) bubble.append(element("div", "agent-error", message.error));
-        nodes.push(bubble);
-      } else {
-        nodes.push(element("div", `msg ${message.error ? "error" : "system"}`, message.text));
+      seen.add(message.key);
+      const looks = looksOf(page, message);
+      const cached = cache.rows.get(message.key);
+      if (cached && sameLooks(cached.looks, looks)) {
+        nodes.push(cached.node);
+        continue;
       }
+      const node = messageNode(page, message);
+      cache.rows.set(message.key, { looks, node });
+      nodes.push(node);
     }
+    for (const key of cache.rows.keys()) if (!seen.has(key)) cache.rows.delete(key);
     if (view.ended === "session_ended") nodes.push(element("div", "msg system", "session ended"));
     if (nodes.length === 0) nodes.push(element("p", "hint", "No messages yet."));
   }
-  transcript.replaceChildren(...nodes);
+  placeChildren(transcript, nodes);
   if (nearBottom) transcript.scrollTop = transcript.scrollHeight;
+}
+
+function rowCache(page, view) {
+  if (!page.rowCache || page.rowCache.view !== view) page.rowCache = { view, rows: new Map() };
+  return page.rowCache;
+}
+
+// Everything a message's node shows (strings compare by value, so a long text is cheap).
+function looksOf(page, message) {
+  const entry = message.delivery !== null ? page.delivery.get(message.clientMsgId) : undefined;
+  return [
+    message.role,
+    message.text,
+    message.error,
+    message.done,
+    message.messageId,
+    message.seq,
+    message.delivery,
+    message.attempt,
+    message.status,
+    message.retryOffered,
+    message.clientMsgId,
+    entry ? entry.history.join(" ") : null,
+  ];
+}
+
+function sameLooks(a, b) {
+  return a.length === b.length && a.every((value, i) => value === b[i]);
+}
+
+function messageNode(page, message) {
+  if (message.role === "user") return userBubble(page, message);
+  if (message.role === "agent") {
+    const bubble = element("div", "msg assistant", message.text);
+    bubble.dataset.messageId = message.messageId;
+    bubble.dataset.done = String(message.done);
+    if (message.error) bubble.append(element("div", "agent-error", message.error));
+    return bubble;
+  }
+  return element("div", `msg ${message.error ? "error" : "system"}`, message.text);
+}
+
+// Touch the DOM only where the list changed: unchanged nodes stay where they are.
+function placeChildren(parent, nodes) {
+  const current = parent.children;
+  let same = 0;
+  while (same < nodes.length && same < current.length && current[same] === nodes[same]) same += 1;
+  if (same === nodes.length && same === current.length) return;
+  while (parent.children.length > same) parent.lastElementChild.remove();
+  parent.append(...nodes.slice(same));
 }
 
 // The transcript's delivery states by the names the page shows them under.
@@ -210,6 +281,7 @@ export function debugSnapshot(page) {
       retryInMs: page.stream.retryInMs,
     },
     gone: page.gone,
+    unavailable: page.unavailable,
     live: page.live
       ? {
           opened: page.live.opened,
