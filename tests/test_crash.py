@@ -100,6 +100,8 @@ async def test_python_client_survives_sigkill_at_token_rate(
             clock.advance(statuses[-1].retry_in or 0)
             await eventually(lambda: client.stream.status is ConnectionStatus.CONNECTED)
             history = await session.history()
+            # Closed before the restarted server answers anyone: no reader sees it open.
+            assert_interrupted(answer_events(history, reply_to))
             by_seq = {e["seq"]: e for e in history}
             changed = [e for e in shown if by_seq.get(e["seq"]) != e]
             assert not changed, (

@@ -332,6 +332,7 @@ class ChatBridge:
             session.last_answered = (
                 recovery.requeue[0].seq - 1 if recovery.requeue else session.log.last_seq
             )
+        self.fanout.show_restored()
         if len(self.sessions) > self.limits.max_sessions:
             self.log.warning(
                 "chatbridge: restored %d sessions, over max_sessions (%d); "

@@ -120,6 +120,24 @@ class Fanout:
         else:
             self._unshown.append(action)
 
+    def show_restored(self) -> None:
+        """Commit and show what a restore published (a cut answer's closing events)
+        before the server answers anyone, so no reader sees the answer still open."""
+        commit_now = getattr(self.store, "commit_now", None)  # stores with a writer thread
+        if not self._unshown or commit_now is None:
+            return
+        try:
+            commit_now()
+        except Exception as exc:  # shown later by the pump, once the store commits
+            self._log.error("chatbridge: could not commit the restore's events yet: %s", exc)
+            return
+        batch, self._unshown = self._unshown, []
+        for item in batch:
+            if callable(item):
+                item()
+            else:
+                self._show(*item)
+
     def start(self) -> None:
         """Show what was published before an event loop ran (a restore's closing events)."""
         if self._unshown:

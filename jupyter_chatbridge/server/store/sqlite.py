@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,14 @@ MAX_BACKLOG = 200_000
 class _Barrier:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+
+
+@dataclass
+class _BlockingBarrier:
+    """A barrier a thread waits on (start-up, before the event loop runs)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
 
 
 _Write = tuple[str, Any]  # (kind, parameters)
@@ -302,6 +310,19 @@ class SqliteStore:
         """True once `close` was called."""
         return self._closed
 
+    def commit_now(self, timeout: float = 30.0) -> None:
+        """Block until every write queued before this call is committed (or raise).
+
+        For start-up only (a restore's closing events), before the event loop runs.
+        """
+        barrier = _BlockingBarrier()
+        self._put(barrier)
+        self._wake.set()
+        if not barrier.done.wait(timeout):
+            raise StoreError(f"chatbridge session store {self.path}: commit timed out")
+        if barrier.error is not None:
+            raise barrier.error
+
     def close(self) -> None:
         """Commit everything queued, stop the writer thread; idempotent."""
         with self._lock:
@@ -316,7 +337,7 @@ class SqliteStore:
     def _put(self, item: Any) -> None:
         if self._closed:
             # After shutdown nothing may be lost silently, and nothing may crash the loop.
-            if isinstance(item, _Barrier):
+            if isinstance(item, (_Barrier, _BlockingBarrier)):
                 raise StoreError(f"chatbridge session store {self.path} is closed")
             log.warning("chatbridge: session store closed; dropped a %s write", item[0])
             return
@@ -330,7 +351,7 @@ class SqliteStore:
         stopping = False
         while not stopping:
             batch = [self._queue.get()]
-            if not isinstance(batch[0], _Barrier) and batch[0] is not _STOP:
+            if not isinstance(batch[0], (_Barrier, _BlockingBarrier)) and batch[0] is not _STOP:
                 self._wake.wait(GROUP_COMMIT_WINDOW)
             self._wake.clear()
             # Group commit: everything queued by now goes in this one transaction.
@@ -338,11 +359,11 @@ class SqliteStore:
                 while True:
                     batch.append(self._queue.get_nowait())
             writes = backlog
-            barriers: list[_Barrier] = []
+            barriers: list[_Barrier | _BlockingBarrier] = []
             for item in batch:
                 if item is _STOP:
                     stopping = True
-                elif isinstance(item, _Barrier):
+                elif isinstance(item, (_Barrier, _BlockingBarrier)):
                     barriers.append(item)
                 else:
                     writes.append(item)
@@ -382,6 +403,10 @@ class SqliteStore:
                 self._metrics.record_commit_failure()
                 backlog = []
             for barrier in barriers:
+                if isinstance(barrier, _BlockingBarrier):
+                    barrier.error = error
+                    barrier.done.set()
+                    continue
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     barrier.loop.call_soon_threadsafe(_settle, barrier.future, error)
         if backlog:
