@@ -26,15 +26,13 @@ same connection, still driving its session.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import contextvars
 import logging
 import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Final, TypeVar
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
@@ -49,6 +47,7 @@ from ..protocol.rules import after_expiry
 from ..protocol.status import ConnectionStatus, StatusChange
 from .chatview import ChatView, Delivery
 from .kernel_thread import KernelThread
+from .loop_thread import LoopThread
 from .panel import ChatPanel, close_widget
 
 log = logging.getLogger(__name__)
@@ -122,7 +121,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             on_banner_action=self._banner_action,
             on_status_action=self._status_action,
             kernel=self._kernel,
-            on_rows_made=lambda: self._call_soon(self._render_soon),
+            on_rows_made=lambda: self._looper.call_soon(self._render_soon),
         )
         kwargs.setdefault("layout", widgets.Layout(width="100%", max_width="900px"))
         super().__init__(children=self._panel.children, **kwargs)
@@ -142,12 +141,9 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         self._opened = False  # the session was opened once (a later open is a reconnect)
         self._render_handle: asyncio.TimerHandle | None = None
         self._last_render = 0.0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"chatbridge-widget-{session_id}", daemon=True
-        )
-        self._thread.start()
-        self._call_soon(self._boot)
+        self._looper = LoopThread(f"chatbridge-widget-{session_id}")
+        self._loop, self._thread = self._looper.loop, self._looper.thread
+        self._looper.call_soon(self._boot)
         self.comm.on_close(self._closed_by_frontend)
         previous = ChatWidget._current.get((server_url, session_id))
         ChatWidget._current[(server_url, session_id)] = self
@@ -164,19 +160,19 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
 
     def retry(self, client_msg_id: str) -> None:
         """Send a message that was not delivered again (same clientMsgId: no duplicate)."""
-        self._call_soon(lambda: self._retry_on_loop(client_msg_id))
+        self._looper.call_soon(lambda: self._retry_on_loop(client_msg_id))
 
     def reconnect(self) -> None:
         """Reconnect after the stream gave up (same cid: the server keeps our state)."""
-        self._call_soon(lambda: self._spawn(self._open(reconnect=True)))
+        self._looper.call_soon(lambda: self._looper.spawn(self._open(reconnect=True)))
 
     def start_new_session(self) -> None:
         """Start the session again under the same id, after it was deleted."""
-        self._call_soon(lambda: self._spawn(self._open(new_session=True)))
+        self._looper.call_soon(lambda: self._looper.spawn(self._open(new_session=True)))
 
     def take_over(self) -> None:
         """Drive the session from here again after another client took it over."""
-        self._call_soon(lambda: self._spawn(self._attach()))
+        self._looper.call_soon(lambda: self._looper.spawn(self._attach()))
 
     def summary(self) -> dict[str, Any]:
         """A snapshot of what the panel shows: status, banner, thinking, messages."""
@@ -227,7 +223,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             self.send_message(text)
         except OutboxFull as exc:
             error = str(exc)
-            self._call_soon(lambda: self._refuse(error))
+            self._looper.call_soon(lambda: self._refuse(error))
             return False
         return True
 
@@ -252,32 +248,14 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
 
     # -- loop plumbing ----------------------------------------------------------------------------
 
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def _call_soon(self, callback: Callable[[], Any]) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(callback)
-
     def _on_loop(self, function: Callable[[], T]) -> T:
-        """Run `function` on the loop thread (which owns the state) and return its result."""
-        if threading.current_thread() is self._thread or not self._loop.is_running():
-            return function()  # on the loop already, or stopped: nothing else touches it
-
-        async def call() -> T:
-            return function()
-
-        return self._submit(call()).result(LOOP_CALL_TIMEOUT)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self._loop.create_task(coro)
-        task.add_done_callback(_log_failure)
+        return self._looper.call(function, LOOP_CALL_TIMEOUT)
 
     # -- on the loop thread ---------------------------------------------------------------------
 
     def _boot(self) -> None:
         self._client = self._make_client()
-        self._spawn(self._open())
+        self._looper.spawn(self._open())
 
     def _make_client(self) -> AsyncChatClient:
         def on_status(change: StatusChange) -> None:
@@ -293,7 +271,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         def on_frame(kind: str, data: dict[str, Any]) -> None:
             if kind == EventType.WELCOME and not self._closed and not data.get("resumed"):
                 if self._driving:
-                    self._spawn(self._after_expiry())
+                    self._looper.spawn(self._after_expiry())
                 return
             if self._closed or data.get("sessionId") != self.session_id:
                 return
@@ -483,13 +461,7 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
     def _finish_close(self) -> None:
         if sys.is_finalizing():  # interpreter exit: the daemon thread dies with it
             return
-        if self._loop.is_running():
-            with contextlib.suppress(Exception):
-                self._submit(self._shutdown()).result(LOOP_CALL_TIMEOUT)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(LOOP_CALL_TIMEOUT)
-        if not self._thread.is_alive() and not self._loop.is_closed():
-            self._loop.close()
+        self._looper.stop(self._shutdown(), LOOP_CALL_TIMEOUT)
         # Comms are closed on the kernel's thread: at once if this is it, else at its next turn.
         self._kernel.run(self._close_widgets)
 
@@ -522,8 +494,3 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
             self._panel.draw(self.view, changes)
         except Exception:  # a drawing bug must not kill the client's loop
             log.exception("chatbridge widget: redraw failed")
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("chatbridge widget: background task failed", exc_info=task.exception())
