@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from jupyter_chatbridge.testing.seam import install_fault_seam
 
 from .fake_openai import FakeOpenAI
 from .redis_support import RedisServer
+from .server_process import ServerProcess
 from .store_support import StoreFactory, store_factory
 from .support import Api, StreamFactory
 
@@ -141,3 +142,21 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 @pytest.fixture
 def store(make_store: StoreFactory) -> SessionStore:
     return make_store()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Real `jupyter server` processes (every default, their own folder each), all
+    killed at the end of the test."""
+    servers: list[ServerProcess] = []
+
+    def make(*args: str) -> ServerProcess:
+        root = tmp_path / f"server{len(servers)}"
+        root.mkdir()
+        server = ServerProcess(root, *args)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.kill()

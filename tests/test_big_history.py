@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,11 @@ BIG_WAIT = 60.0  # seconds for megabytes to cross loopback on a busy 2-core mach
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def make(*args: str) -> ServerProcess:
-        root = tmp_path / f"server{len(servers)}"
-        root.mkdir()
-        server = ServerProcess(root, "--EchoAgent.chunk_delay=0", *args)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()
+def server_factory(
+    server_factory: Callable[..., ServerProcess],
+) -> Callable[..., ServerProcess]:
+    """The shared factory's servers, with an EchoAgent that answers at once."""
+    return lambda *args: server_factory("--EchoAgent.chunk_delay=0", *args)
 
 
 async def rest(server: ServerProcess, method: str, path: str, body: Any = None, **headers: str):

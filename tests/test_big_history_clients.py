@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +33,11 @@ from .test_big_history import BIG_WAIT, fill, one_word, words
 
 
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def make(*args: str) -> ServerProcess:
-        root = tmp_path / f"server{len(servers)}"
-        root.mkdir()
-        server = ServerProcess(root, "--EchoAgent.chunk_delay=0", *args)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()
+def server_factory(
+    server_factory: Callable[..., ServerProcess],
+) -> Callable[..., ServerProcess]:
+    """The shared factory's servers, with an EchoAgent that answers at once."""
+    return lambda *args: server_factory("--EchoAgent.chunk_delay=0", *args)
 
 
 async def until_shown(read: Callable[[], object], expected: list[Row]) -> list[Row]:

@@ -15,8 +15,7 @@ restart:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,22 +29,6 @@ from .support import eventually
 # (seconds between chunks, words in each answer, kills): 20 kills a run at token rate
 RATES = [(0.01, 200, 12), (0.05, 60, 8)]
 Events = list[dict[str, Any]]
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def make(*args: str) -> ServerProcess:
-        root = tmp_path / f"server{len(servers)}"
-        root.mkdir()
-        server = ServerProcess(root, *args)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()
 
 
 def answer_events(events: Events, reply_to: int) -> Events:

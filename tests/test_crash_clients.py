@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +42,6 @@ from .test_widget import ThreadedClock
 RATES = [(0.01, 60, 10), (0.05, 24, 10)]
 SETTLE = 30.0  # seconds for a restarted server and its client to converge (busy machine)
 INTERRUPTED = "interrupted by a server restart"
-
-
-@pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    servers: list[ServerProcess] = []
-
-    def make(*args: str) -> ServerProcess:
-        root = tmp_path / f"server{len(servers)}"
-        root.mkdir()
-        server = ServerProcess(root, *args)
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.kill()
 
 
 async def create_session(server: ServerProcess, session_id: str) -> None:
