@@ -228,6 +228,11 @@ class ChatBridge:
         """Deliver the session's events to `connection` (after `after_seq` first)."""
         return self.session_service.watch(connection, session_id, after_seq)
 
+    async def reached(self, session_id: str, seq: int) -> None:
+        """Return once this process shows the session through `seq`: a replay after
+        `seq` must not send that seq again live (another process showed it first)."""
+        await self.session_service.reached(session_id, seq)
+
     def unwatch(self, connection: Connection, session_id: str) -> None:
         """Stop delivering a session's events to `connection`."""
         self.session_service.unwatch(connection, session_id)

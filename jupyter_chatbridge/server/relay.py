@@ -233,6 +233,18 @@ class RedisRelay:
             except TimeoutError:
                 return
 
+    async def reached(self, session: Session, seq: int) -> None:
+        """Wait until this process shows the session through `seq`, as far as Redis
+        holds it: a client that moved here from another process replays from the
+        last seq it showed, and this process may not have read that far yet."""
+        if session.log.shown_seq >= seq:
+            return
+        try:
+            newest = await asyncio.to_thread(self.store.last_seq, session.id)
+        except redis.RedisError as exc:
+            raise self.unavailable(exc) from None
+        await self.shown(session, min(seq, newest), SHOWN_TIMEOUT)
+
     async def caught_up(self, session: Session) -> None:
         """Wait until this process's writes are in Redis and it shows all Redis holds."""
         while not self.store.closed:

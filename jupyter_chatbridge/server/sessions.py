@@ -217,6 +217,12 @@ class SessionService:
             self._fanout.catch_up(connection, session, after_seq)
         return session.log.shown_seq
 
+    async def reached(self, session_id: str, seq: int) -> None:
+        """Return once this process shows the session through `seq` (at once with
+        one process; with Redis, once its relay has read that far, bounded)."""
+        if self.relay is not None:
+            await self.relay.reached(self.session(session_id), seq)
+
     def unwatch(self, connection: Connection, session_id: str) -> None:
         """Stop delivering a session's events to `connection`."""
         self._sessions.unwatch(self.session(session_id), connection.id)

@@ -113,7 +113,7 @@ class ConnectionActionHandler(ChatBridgeHandler):
 
     @web.authenticated
     @authorized
-    def post(self, action: str) -> None:
+    async def post(self, action: str) -> None:
         # sendBeacon cannot set headers, so suspend also takes the id as a query parameter.
         connection_id = self.connection_id_header()
         if connection_id is None and action == "suspend":
@@ -123,6 +123,8 @@ class ConnectionActionHandler(ChatBridgeHandler):
         connection = self.bridge.connection_for(connection_id, self.owner)
         if action == "watch":
             after_seq = _optional_non_negative_int(body.get("afterSeq"), "afterSeq")
+            if after_seq:
+                await self.bridge.reached(session_id, after_seq)
             last_seq = self.bridge.watch(connection, session_id, after_seq)
             self.write_json(200, {"sessionId": session_id, "lastSeq": last_seq})
         elif action == "unwatch":

@@ -67,6 +67,8 @@ class SessionSocketHandler(BridgeHandlerMixin, WebSocketMixin, WebSocketHandler,
         if session_id not in self.bridge.sessions and self.request.headers.get("Origin") is None:
             # A script: answer before any upgrade.
             raise session_unknown(session_id)
+        if self._after_seq and session_id in self.bridge.sessions:
+            await self.bridge.reached(session_id, self._after_seq)
         # A browser (or a known session): upgrade; the origin check happens here.
         await ensure_async(super().get(session_id))  # type: ignore[arg-type]
 

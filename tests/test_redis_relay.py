@@ -1,0 +1,116 @@
+"""The relay of one process that lags behind Redis: two bridges in this process on one
+real Redis, with the reads of one of them held back at its one seam (`_ingest`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server.agents import EchoAgent
+from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.server.limits import BridgeLimits
+from jupyter_chatbridge.server.relay import RedisRelay
+from jupyter_chatbridge.server.store.redis import RedisStore
+
+from .support import eventually
+
+
+class HeldReads:
+    """Holds what a relay read from Redis until `release`: a process whose relay lags."""
+
+    def __init__(self, relay: RedisRelay) -> None:
+        self._ingest = relay._ingest
+        self.held: list[tuple[str, Any]] = []
+        self.holding = True
+        relay._ingest = self._take  # type: ignore[method-assign]
+
+    def _take(self, session_id: str, events: Any) -> None:
+        if self.holding:
+            self.held.append((session_id, events))
+        else:
+            self._ingest(session_id, events)
+
+    def release(self) -> None:
+        self.holding = False
+        for args in self.held:
+            self._ingest(*args)
+        self.held.clear()
+
+
+class Frames:
+    """A stream that keeps what it is sent (a client's event stream)."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def send(self, frame_id: int | None, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+    def kick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def seqs(self) -> list[int]:
+        seqs = []
+        for payload in self.payloads:
+            data = payload.decode().split("data: ", 1)[-1]
+            with_seq = json.loads(data)
+            if "seq" in with_seq:
+                seqs.append(with_seq["seq"])
+        return seqs
+
+
+@pytest.fixture
+def bridges(redis_url: str, jp_asyncio_loop: Any) -> Iterator[Callable[[], ChatBridge]]:
+    made: list[ChatBridge] = []
+
+    def make() -> ChatBridge:
+        bridge = ChatBridge(
+            BridgeLimits(),
+            FakeScheduler(),
+            lambda session_id, settings: EchoAgent(session_id=session_id, chunk_delay=0.0),
+            store=RedisStore(redis_url),
+        )
+        bridge.start_restored_runs()
+        made.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in made:
+        jp_asyncio_loop.run_until_complete(bridge.shutdown())
+        bridge.store.close()
+
+
+async def test_a_watch_after_a_seq_this_process_has_not_read_yet_never_repeats_it(
+    bridges: Callable[[], ChatBridge],
+) -> None:
+    a, b = bridges(), bridges()
+    assert a.relay is not None and b.relay is not None
+    lagging = HeldReads(b.relay)
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)  # b holds it, but reads none of its events
+    await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: a.history("s1", 0, None)[1] >= 5)  # one answered on a
+    seen = a.history("s1", 0, None)[1]
+    assert b.session("s1").log.shown_seq == 0
+
+    # The client that showed `seen` on a moves to b and watches after it.
+    frames = Frames()
+    welcome = b.open_stream(None, "alice", None, frames)
+    connection = b.connection_for(welcome["connectionId"], "alice")
+    watching = asyncio.ensure_future(b.reached("s1", seen))
+    await asyncio.sleep(0)
+    assert not watching.done()  # b has not shown that far: the watch waits for it
+    lagging.release()
+    await watching
+    b.watch(connection, "s1", seen)
+    await a.send_durably("s1", "m2", "two", None)
+    await eventually(lambda: bool(frames.seqs()) and frames.seqs()[-1] >= seen + 5)
+    assert frames.seqs() == list(range(seen + 1, seen + 6))
