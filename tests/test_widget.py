@@ -145,7 +145,7 @@ def retry_button(widget: ChatWidget, text: str) -> Any:
 
 async def connected(widget: ChatWidget) -> None:
     await eventually(lambda: widget.summary()["status"] == "connected")
-    await eventually(lambda: not widget._setting_up)
+    await eventually(lambda: not widget._link.setting_up)
 
 
 async def idle(widget: ChatWidget) -> None:
@@ -482,7 +482,7 @@ async def test_reconnect_keeps_the_cid_and_catches_up(
     widget = make_widget()
     await connected(widget)
     # The stream stops for good, as it does after six failed attempts.
-    stream = widget._client.stream
+    stream = widget._link.client.stream
     asyncio.run_coroutine_threadsafe(stream.close(), widget._loop)
     await eventually(lambda: widget.summary()["status"] == "closed")
     widget.send_message("sent while away")  # the POST works; its answer is not seen
@@ -491,7 +491,7 @@ async def test_reconnect_keeps_the_cid_and_catches_up(
     widget.reconnect()  # what the Reconnect button does
     await idle(widget)
     assert [m["text"] for m in messages(widget)] == ["sent while away", "Echo: sent while away"]
-    assert widget._client.cid == widget.cid
+    assert widget._link.client.cid == widget.cid
     assert len(bridge.connections) == 1
 
 

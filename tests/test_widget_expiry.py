@@ -30,7 +30,7 @@ TTL = 60.0  # tests/conftest.py's inactive_ttl
 
 async def expire(widget: object, clock: FakeScheduler, bridge: ChatBridge) -> None:
     """Stop the widget's stream and let the server expire its connection."""
-    stream = widget._client.stream  # type: ignore[attr-defined]
+    stream = widget._link.client.stream  # type: ignore[attr-defined]
     asyncio.run_coroutine_threadsafe(stream.close(), widget._loop).result(10)  # type: ignore[attr-defined]
     cid = widget.cid  # type: ignore[attr-defined]
     await eventually(lambda: not bridge.connections.get(cid).active)

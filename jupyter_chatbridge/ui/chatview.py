@@ -10,8 +10,8 @@ What the conversation shows (delivery states, answers, "thinking", seq order,
 duplicates, gaps, a rewound server) is the transcript reducer of the client rules
 (`protocol.transcript`, docs/client-rules.md), the same one `ask()` and the page
 use; this module adds what only a panel has: the connection status line, the
-banners and what to redraw. A banner is cleared only by the resolution of its own
-cause (the session is started again; the connection is back).
+banners, the Stops it asked for, and what to redraw. A banner is cleared only by the
+resolution of its own cause (the session is started again; the connection is back).
 
 No I/O, and nothing here imports tornado.
 """
@@ -27,7 +27,7 @@ from ..protocol.rules import MAX_RECONNECT_ATTEMPTS
 from ..protocol.status import ConnectionStatus, StatusChange
 from ..protocol.transcript import Delivery, Message, Touched, Transcript
 
-__all__ = ["Banner", "Changes", "ChatView", "Delivery", "Entry"]
+__all__ = ["Banner", "Changes", "ChatView", "Delivery", "Entry", "StopRequest"]
 
 # Statuses after which no event can arrive until the user acts (Reconnect).
 _DEAD_STATUSES: Final = frozenset(
@@ -66,6 +66,14 @@ class Banner:
 
 
 @dataclass
+class StopRequest:
+    """A Stop this panel asked for one answer: still on its way, or why it failed."""
+
+    pending: bool = True
+    error: str | None = None
+
+
+@dataclass
 class Changes:
     """What changed since the last `ChatView.take_changes`, so a renderer redraws only that."""
 
@@ -93,6 +101,7 @@ class ChatView:
         self.input_error: str | None = None
         self.transcript = Transcript(session_id)
         self._banners: dict[BannerKind, Banner] = {}
+        self._stops: dict[str, StopRequest] = {}  # by answer key
         self._changes = Changes(chrome=True)
 
     @property
@@ -152,6 +161,39 @@ class ChatView:
     def _note(self, touched: Touched) -> None:
         self._changes.entries |= touched.keys
         self._changes.order = self._changes.order or touched.reordered
+        self._changes.chrome = True
+
+    # -- inputs: Stop ----------------------------------------------------------------------
+
+    def stop_requested(self, key: str) -> bool:
+        """The user asked to stop this answer. False (send nothing) when it has ended or a
+        Stop of it is already on its way: repeated clicks make one request."""
+        answer = self.transcript.messages.get(key)
+        request = self._stops.get(key)
+        if answer is None or answer.role != "agent" or answer.done:
+            return False
+        if request is not None and request.pending:
+            return False
+        self._stops[key] = StopRequest()
+        self._touch_entry(key)
+        return True
+
+    def stop_answered(self, key: str, reason: str) -> None:
+        """The server's answer to that Stop: `stopped` (the answer's end is on its way, if
+        not here already), or `not_running` / `already_ended` (it had ended by itself)."""
+        request = self._stops.get(key)
+        if request is not None:
+            request.pending, request.error = reason == "stopped", None
+            self._touch_entry(key)
+
+    def stop_failed(self, key: str, error: str) -> None:
+        """That Stop did not reach the server, or the server refused it: said next to the
+        answer, and Stop can be pressed again."""
+        self._stops[key] = StopRequest(pending=False, error=error)
+        self._touch_entry(key)
+
+    def _touch_entry(self, key: str) -> None:
+        self._changes.entries.add(key)
         self._changes.chrome = True
 
     # -- inputs: the connection -----------------------------------------------------------
@@ -240,6 +282,13 @@ class ChatView:
         """One entry by key."""
         return self.transcript.messages[key]
 
+    def answer(self, message_id: str) -> Entry | None:
+        """The live session's answer with this messageId, once it started."""
+        for entry in self.transcript.messages.values():
+            if entry.message_id == message_id and entry.generation == self.generation:
+                return entry
+        return None
+
     def own(self, client_msg_id: str) -> Entry | None:
         """The entry of a message sent from this view."""
         return self.transcript.own.get(client_msg_id)
@@ -252,6 +301,30 @@ class ChatView:
             for e in sorted(self.transcript.own.values(), key=lambda e: e.order)
             if e.delivery in (Delivery.PENDING, Delivery.RETRYING)
         ]
+
+    @property
+    def stoppable(self) -> Entry | None:
+        """The answer Stop would stop: the newest one streaming, while the connection and
+        the session live (None: no Stop to offer)."""
+        if self.status in _DEAD_STATUSES or self.session_gone:
+            return None
+        messages = self.transcript.messages
+        streaming = [messages[key] for key in self.transcript.open_answers if key in messages]
+        return max((e for e in streaming if not e.done), key=lambda e: e.order, default=None)
+
+    def stopping(self, key: str) -> bool:
+        """A Stop of this answer is on its way and the answer has not ended yet."""
+        request = self._stops.get(key)
+        answer = self.transcript.messages.get(key)
+        return request is not None and request.pending and answer is not None and not answer.done
+
+    def stop_error(self, key: str) -> str | None:
+        """Why this panel's Stop of this answer failed (None once it was stopped after all)."""
+        request = self._stops.get(key)
+        answer = self.transcript.messages.get(key)
+        if request is None or (answer is not None and answer.ended == "stopped"):
+            return None
+        return request.error
 
     @property
     def banner(self) -> Banner | None:
@@ -331,6 +404,10 @@ class ChatView:
                 item["delivery"] = entry.delivery.value
             if entry.role == "agent":
                 item["done"] = entry.done
+                item["ended"] = entry.ended
+                stop_error = self.stop_error(entry.key)
+                if stop_error:
+                    item["stop_error"] = stop_error
             if entry.error:
                 item["error"] = entry.error
             messages.append(item)

@@ -1,11 +1,12 @@
 """How a `ChatView` is drawn with ipywidgets' own controls: the chat panel's widgets.
 
-`ChatPanel` owns the widgets (message list, input, Send, status line, banner)
+`ChatPanel` owns the widgets (message list, input, Send, Stop, status line, banner)
 and redraws only what a `Changes` names. It does no I/O and starts no thread:
 `ChatWidget` calls `draw` from its client's thread, which only changes existing
-widgets; widgets are made and closed on the kernel's thread (`kernel_thread`). The
-panel reports the user's actions through the callbacks it was given. The HTML
-(escaped) is in `panel_html`.
+widgets; widgets are made and closed on the kernel's thread (`kernel_thread`), a
+message's row by `panel_rows`. The panel reports the user's actions through the
+callbacks it was given. The HTML is in `panel_html`; answers' bodies (Markdown, rendered
+at a pace their length allows while they stream) come from `answer_bodies`.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 import ipywidgets as widgets  # type: ignore[import-untyped]
 
 from ..client.stream import ConnectionStatus
 from . import panel_style as css
+from .answer_bodies import AnswerBodies
 from .chatview import Changes, ChatView, Delivery, Entry
 from .kernel_thread import KernelThread
 from .panel_html import (
@@ -35,8 +36,16 @@ from .panel_html import (
     status_html,
     waiting_rows_html,
 )
+from .panel_rows import Row, close_rows, close_widget, make_row
 
-__all__ = ["ChatPanel", "banner_html", "delivery_html", "entry_html", "status_html"]
+__all__ = [
+    "ChatPanel",
+    "banner_html",
+    "close_widget",
+    "delivery_html",
+    "entry_html",
+    "status_html",
+]
 
 # Seconds a submit waits for its text when no text update follows it (see _request_submit),
 # and how long it keeps checking while the input is still empty: the text's update can
@@ -47,43 +56,14 @@ DEAD_STATUSES: Final = frozenset(
     {ConnectionStatus.OFFLINE, ConnectionStatus.FAILED, ConnectionStatus.CLOSED}
 )
 
-# -- widgets ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Row:
-    """The widgets of one message in the list (made on the kernel's thread)."""
-
-    container: widgets.Widget
-    html: widgets.HTML
-    actions: widgets.HBox | None = None
-    retry: widgets.Button | None = None
-
-    def close(self) -> None:
-        for widget in (self.retry, self.actions, self.html, self.container):
-            if widget is not None:
-                close_widget(widget)
-
-
-def close_widget(widget: widgets.Widget) -> None:
-    """Close a widget with its layout and style, which are widgets (comms) of their own."""
-    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
-        if isinstance(part, widgets.Widget):
-            part.close()
-    widget.close()
-
-
-def _close_rows(rows: list[_Row]) -> None:
-    for row in rows:
-        row.close()
-
 
 class ChatPanel:
     """The widgets of a chat panel and how a `ChatView` is drawn on them.
 
     `on_text(text)` is called (on the kernel's thread) with what the user sent and
     returns whether it was taken, which clears the input; `on_retry(client_msg_id)`,
-    `on_banner_action()` and `on_status_action()` report the buttons. `draw` may be
+    `on_banner_action()`, `on_status_action()` and `on_stop(message_id)` (the answer that
+    was streaming when Stop was drawn) report the buttons. `draw` may be
     called from another thread, but from one at a time: it only changes existing
     widgets. New rows are made on the kernel's thread (`kernel`); until they are, their
     messages are drawn into one "waiting rows" widget, so an answer keeps streaming in
@@ -99,6 +79,7 @@ class ChatPanel:
         on_retry: Callable[[str], None],
         on_banner_action: Callable[[], None],
         on_status_action: Callable[[], None],
+        on_stop: Callable[[str], None] = lambda _: None,
         kernel: KernelThread | None = None,
         on_rows_made: Callable[[], None] = lambda: None,
     ) -> None:
@@ -107,11 +88,12 @@ class ChatPanel:
         self._on_rows_made = on_rows_made
         # Rows asked of the kernel's thread, and those it made that `draw` has not taken.
         self._requested: set[str] = set()
-        self._made: dict[str, _Row] = {}
+        self._made: dict[str, Row] = {}
         self._made_lock = threading.Lock()
         self._on_text = on_text
         self._on_retry = on_retry
-        self.rows: dict[str, _Row] = {}
+        self.rows: dict[str, Row] = {}
+        self.bodies = AnswerBodies()
         self._shown: list[str] = []
         self._waiting_shown = False
         self._drawn_down = False
@@ -162,7 +144,18 @@ class ChatPanel:
         self._submit_requested = False
         self.send_button = widgets.Button(description="Send", button_style="primary")
         self.send_button.on_click(lambda _: self._request_submit())
-        self.input_row = widgets.HBox([self.input, self.send_button])
+        # Shown while an answer streams; stops the one it was drawn for, never a later one.
+        self._on_stop = on_stop
+        self._stop_target: str | None = None
+        self.stop_button = widgets.Button(
+            description="Stop",
+            icon="stop",
+            tooltip="Stop the answer that is streaming",
+            layout=widgets.Layout(display="none", width="auto"),
+        )
+        self.stop_button.add_class(css.STOP)
+        self.stop_button.on_click(lambda _: self._stop_clicked())
+        self.input_row = widgets.HBox([self.input, self.send_button, self.stop_button])
         self.input_row.add_class(css.INPUT_ROW)
         self.hint = widgets.HTML(layout=widgets.Layout(display="none"))
         self.status_text = widgets.HTML(layout=widgets.Layout(flex="1 1 auto"))
@@ -248,6 +241,11 @@ class ChatPanel:
         if text and not self.closed and self._on_text(text):
             self.input.value = ""  # kept when refused, so nothing typed is lost
 
+    def _stop_clicked(self) -> None:
+        target = self._stop_target
+        if target is not None and not self.closed:
+            self._on_stop(target)
+
     # -- drawing -------------------------------------------------------------------------------
 
     def draw(self, view: ChatView, changes: Changes) -> None:
@@ -256,8 +254,9 @@ class ChatPanel:
         if self.closed:
             return
         down = view.status in DEAD_STATUSES
-        if changes.entries or changes.order or self.rows_made or down != self._drawn_down:
-            self._draw_messages(view, changes.entries, recheck=down != self._drawn_down)
+        changed = changes.entries | self.bodies.due()
+        if changed or changes.order or self.rows_made or down != self._drawn_down:
+            self._draw_messages(view, changed, recheck=down != self._drawn_down)
             self._drawn_down = down
         if changes.chrome:
             self._draw_chrome(view)
@@ -267,6 +266,12 @@ class ChatPanel:
         """The kernel's thread made rows that the next `draw` puts in place."""
         with self._made_lock:
             return bool(self._made)
+
+    @property
+    def redraw_in(self) -> float | None:
+        """Seconds until a streaming answer drawn from an earlier render is due to be drawn
+        again (None: none is); `draw` then, even with no changes."""
+        return self.bodies.next_due_in()
 
     @property
     def rows_pending(self) -> bool:
@@ -279,8 +284,9 @@ class ChatPanel:
         entries = view.entries
         visible = entries[-self.max_messages :]
         keys = [entry.key for entry in visible]
+        self.bodies.keep_only(keys)
         made = self._take_made_rows()
-        self._ask_for_rows([e for e in visible if e.key not in self.rows], down)
+        self._ask_for_rows(view, [e for e in visible if e.key not in self.rows], down)
         made |= self._take_made_rows()  # made at once when this is the kernel's thread
         # Rows are shown up to the first message with none yet; it and those after it are
         # drawn into `waiting_rows`, in order, until their rows exist.
@@ -295,15 +301,15 @@ class ChatPanel:
                 or entry.key not in self._shown
                 or (recheck and entry.delivery is Delivery.PENDING)
             ):
-                self._update_row(self.rows[entry.key], entry, down)
+                self._update_row(view, self.rows[entry.key], entry, down)
         waiting = visible[first_waiting:]
         if waiting:
-            value = waiting_rows_html(waiting, connection_down=down)
+            value = waiting_rows_html([(e, self._entry_html(view, e, down)) for e in waiting])
             if self.waiting_rows.value != value:
                 self.waiting_rows.value = value
         gone = [self.rows.pop(key) for key in set(self.rows) - set(keys)]
         if gone:
-            self.kernel.run(lambda: _close_rows(gone))
+            self.kernel.run(lambda: close_rows(gone))
         if shown != self._shown or bool(waiting) != self._waiting_shown:
             self._shown = shown
             self._waiting_shown = bool(waiting)
@@ -328,7 +334,13 @@ class ChatPanel:
             self.rows[key] = row
         return set(made)
 
-    def _ask_for_rows(self, entries: list[Entry], down: bool) -> None:
+    def _entry_html(self, view: ChatView, entry: Entry, down: bool) -> str:
+        if entry.role != "agent":
+            return entry_html(entry, connection_down=down)
+        body, stop_error = self.bodies.html(entry), view.stop_error(entry.key)
+        return entry_html(entry, body=body, stop_error=stop_error)
+
+    def _ask_for_rows(self, view: ChatView, entries: list[Entry], down: bool) -> None:
         """Ask the kernel's thread for the rows of `entries` (each once)."""
         wanted = [entry for entry in entries if entry.key not in self._requested]
         if not wanted:
@@ -338,7 +350,7 @@ class ChatPanel:
         specs = [
             (
                 e.key,
-                entry_html(e, connection_down=down),
+                self._entry_html(view, e, down),
                 row_classes(e),
                 None if e.delivery is None else e.client_msg_id or "",
             )
@@ -348,43 +360,23 @@ class ChatPanel:
         def make() -> None:
             if self.closed:
                 return
-            rows = {key: self._make_row(value, names, own) for key, value, names, own in specs}
+            rows = {
+                key: make_row(value, names, own, self._on_retry) for key, value, names, own in specs
+            }
             with self._made_lock:
                 self._made.update(rows)
             self._on_rows_made()
 
         self.kernel.run(make)
 
-    def _make_row(self, value: str, classes: list[str], client_msg_id: str | None) -> _Row:
-        """One message's widgets (kernel thread). Own messages get their Retry button
-        now, shown only when needed, so that drawing never has to make a widget."""
-        html_widget = widgets.HTML(value, layout=widgets.Layout(flex="0 0 auto"))
-        if client_msg_id is None:
-            for name in classes:
-                html_widget.add_class(name)
-            return _Row(html_widget, html_widget)
-        # A box: the row keeps its natural height only with flex 0 0 auto (see panel_style).
-        row = _Row(widgets.VBox([html_widget], layout=widgets.Layout(flex="0 0 auto")), html_widget)
-        for name in classes:
-            row.container.add_class(name)
-        row.retry = widgets.Button(
-            description="Retry",
-            button_style="warning",
-            tooltip="Send this message again",
-            layout=widgets.Layout(width="auto"),
-        )
-        row.retry.on_click(lambda _: self._on_retry(client_msg_id))
-        row.actions = widgets.HBox([row.retry], layout=widgets.Layout(justify_content="flex-end"))
-        return row
-
-    def _update_row(self, row: _Row, entry: Entry, down: bool) -> None:
-        value = entry_html(entry, connection_down=down)
+    def _update_row(self, view: ChatView, row: Row, entry: Entry, down: bool) -> None:
+        value = self._entry_html(view, entry, down)
         if row.html.value != value:
             row.html.value = value
         if row.container is not row.html:
             self._update_actions(row, entry)
 
-    def _update_actions(self, row: _Row, entry: Entry) -> None:
+    def _update_actions(self, row: Row, entry: Entry) -> None:
         wanted = entry.delivery is Delivery.FAILED and entry.retry_offered
         shown = list(row.container.children)
         target = [row.html, row.actions] if wanted and row.actions is not None else [row.html]
@@ -400,6 +392,7 @@ class ChatPanel:
             self.banner_text.value = banner_html(banner)
             self.banner_button.description = banner.action
             self.banner_box.layout.display = ""
+        self._draw_stop(view)
         self.status_text.value = status_html(view)
         action = view.status_action
         if action is None:
@@ -415,6 +408,17 @@ class ChatPanel:
             self.hint.layout.display = ""
         else:
             self.hint.layout.display = "none"
+
+    def _draw_stop(self, view: ChatView) -> None:
+        answer = view.stoppable
+        self._stop_target = None if answer is None else answer.message_id
+        if answer is None:
+            self.stop_button.layout.display = "none"
+            return
+        stopping = view.stopping(answer.key)
+        self.stop_button.description = "Stopping…" if stopping else "Stop"
+        self.stop_button.disabled = stopping
+        self.stop_button.layout.display = ""
 
     def close(self) -> None:
         """Close every widget of the panel (on the kernel's thread, once nothing draws
@@ -437,6 +441,7 @@ class ChatPanel:
             self.messages,
             self.input,
             self.send_button,
+            self.stop_button,
             self.input_row,
             self.hint,
             self.status_text,

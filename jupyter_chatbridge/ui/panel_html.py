@@ -1,6 +1,7 @@
 """The chat panel's HTML (pure functions): messages, delivery lines, status, banner.
 
-All user and agent text is escaped: an HTML widget renders whatever it is given.
+An HTML widget renders whatever it is given: every text is escaped, except an answer's
+body, which is Markdown rendered and sanitized (`markdown.render_markdown`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 from ..client.stream import ConnectionStatus
 from . import panel_style as css
 from .chatview import Banner, ChatView, Delivery, Entry
+from .markdown import render_markdown
 
 _FONT = "font-family:var(--jp-ui-font-family,sans-serif);line-height:1.45"
 _SMALL = "font-size:var(--jp-ui-font-size0,11px)"
@@ -17,13 +19,15 @@ _MUTED = "var(--jp-ui-font-color2,#757575)"
 _WARN = "var(--jp-warn-color0,#b26b00)"
 _ERROR = "var(--jp-error-color1,#d32f2f)"
 _OK = "var(--jp-success-color1,#388e3c)"
-_BUBBLE = "padding:6px 10px;max-width:85%;white-space:pre-wrap;overflow-wrap:anywhere"
+_BUBBLE = "padding:6px 10px;max-width:85%;overflow-wrap:anywhere"
 _USER_BUBBLE = (
-    f"{_BUBBLE};background:var(--jp-brand-color3,#c6dbf5);color:#111;"
+    f"{_BUBBLE};white-space:pre-wrap;background:var(--jp-brand-color3,#c6dbf5);color:#111;"
     "border-radius:12px 12px 2px 12px"
 )
+# An answer is Markdown (its own blocks and line breaks); min-width 0 lets a wide code block
+# scroll inside the bubble instead of widening it.
 _AGENT_BUBBLE = (
-    f"{_BUBBLE};background:var(--jp-layout-color2,#eeeeee);"
+    f"{_BUBBLE};min-width:0;white-space:normal;background:var(--jp-layout-color2,#eeeeee);"
     "color:var(--jp-ui-font-color0,#111);border-radius:12px 12px 12px 2px"
 )
 
@@ -52,8 +56,18 @@ def delivery_html(entry: Entry, *, connection_down: bool = False) -> str:
     )
 
 
-def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
-    """One message as HTML: a bubble (user right, agent left) or a centred notice."""
+def entry_html(
+    entry: Entry,
+    *,
+    connection_down: bool = False,
+    body: str | None = None,
+    stop_error: str | None = None,
+) -> str:
+    """One message as HTML: a bubble (user right, agent left) or a centred notice.
+
+    An answer's `body` is its rendered Markdown (rendered here when not given), followed
+    by how it ended when it was stopped, and why this panel's Stop failed, if it did.
+    """
     if entry.role == "notice":
         color = _ERROR if entry.error else _MUTED
         return (
@@ -67,20 +81,30 @@ def entry_html(entry: Entry, *, connection_down: bool = False) -> str:
             f'<div style="display:flex;justify-content:flex-end">{bubble}</div>'
             f"{delivery_html(entry, connection_down=connection_down)}</div>"
         )
-    body = _text(entry.text)
+    body = render_markdown(entry.text) if body is None else body
     if not entry.done and not entry.error:
-        body += f'<span style="color:{_MUTED}">▍</span>'
+        cursor = f'<span style="color:{_MUTED}">▍</span>'
+        # At the end of the last paragraph, where the next words will appear.
+        body = f"{body[:-4]}{cursor}</p>" if body.endswith("</p>") else body + cursor
     if not body:
         body = f'<span style="color:{_MUTED}">…</span>'
-    error = ""
+    notes = ""
     if entry.error:
-        error = (
+        notes += (
             f'<div style="{_SMALL};color:{_ERROR}">✗ the agent failed: {_text(entry.error)}</div>'
+        )
+    if entry.ended == "stopped":
+        notes += f'<div class="{css.STOPPED}" style="{_SMALL};color:{_MUTED}">■ stopped</div>'
+    elif stop_error:
+        notes += (
+            f'<div class="{css.STOP_FAILED}" style="{_SMALL};color:{_ERROR}">'
+            f"✗ could not stop: {_text(stop_error)}</div>"
         )
     return (
         f'<div style="{_FONT};margin:3px 0">'
         f'<div style="display:flex;justify-content:flex-start">'
-        f'<div class="chatbridge-bubble" style="{_AGENT_BUBBLE}">{body}</div></div>{error}</div>'
+        f'<div class="chatbridge-bubble {css.MARKDOWN}" style="{_AGENT_BUBBLE}">{body}</div></div>'
+        f"{notes}</div>"
     )
 
 
@@ -118,12 +142,11 @@ def row_classes(entry: Entry) -> list[str]:
     return [css.ROW, "chatbridge-own" if entry.delivery is not None else f"chatbridge-{entry.role}"]
 
 
-def waiting_rows_html(entries: list[Entry], *, connection_down: bool) -> str:
-    """Messages whose widgets are not made yet, drawn as the rows will be (newest first in
-    a column-reverse box, like the list itself)."""
-    rows = "".join(
-        f'<div class="{" ".join(row_classes(entry))}">'
-        f"{entry_html(entry, connection_down=connection_down)}</div>"
-        for entry in reversed(entries)
+def waiting_rows_html(rows: list[tuple[Entry, str]]) -> str:
+    """Messages whose widgets are not made yet, each with its `entry_html`, drawn as the
+    rows will be (newest first in a column-reverse box, like the list itself)."""
+    drawn = "".join(
+        f'<div class="{" ".join(row_classes(entry))}">{value}</div>'
+        for entry, value in reversed(rows)
     )
-    return f'<div style="display:flex;flex-direction:column-reverse">{rows}</div>'
+    return f'<div style="display:flex;flex-direction:column-reverse">{drawn}</div>'
