@@ -17,7 +17,7 @@ from urllib.parse import urlencode, urlsplit
 
 from tornado import httputil
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
@@ -142,6 +142,12 @@ class HttpTransport:
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
         except (OSError, StreamClosedError) as exc:
+            raise TransportError(f"{method} {path}: {exc}") from exc
+        except HTTPClientError as exc:
+            # raise_error=False still raises 599s of its own: a connection closed before
+            # the answer (HTTPStreamClosedError) is one.
+            if exc.code != 599:
+                raise
             raise TransportError(f"{method} {path}: {exc}") from exc
         if response.code == 599:  # tornado's "no HTTP response": network error or time-out
             raise TransportError(f"{method} {path}: {response.error}")
