@@ -50,8 +50,11 @@ def stop_shown(widget: ChatWidget) -> bool:
 
 @pytest.mark.chatbridge(agent_class=GateAgent)
 async def test_stop_ends_the_streaming_answer_and_the_queued_message_is_answered(
-    make_widget: WidgetFactory, gate: asyncio.Event
+    make_widget: WidgetFactory, jp_serverapp: Any, gate: asyncio.Event
 ) -> None:
+    # No faults: the plan only counts the Stop requests that reach the server.
+    plan = FaultPlan().add("stop", *[Fault.none()] * 10)
+    jp_serverapp.web_app.settings["chatbridge_faults"] = plan
     widget = make_widget()
     await connected(widget)
     assert stop_button(widget).layout.display == "none"  # nothing streams
@@ -69,6 +72,7 @@ async def test_stop_ends_the_streaming_answer_and_the_queued_message_is_answered
     await eventually(lambda: "■ stopped" in row_html(widget, "working "))
     assert "could not stop" not in row_html(widget, "working ")
     assert "▍" not in row_html(widget, "working ")  # no cursor: it streams no more
+    assert len(plan.taken) == 1
     # The queued message is answered, and Stop now offers to stop that answer.
     assert (second["done"], second["ended"]) == (False, None)
     await eventually(lambda: stop_shown(widget))
