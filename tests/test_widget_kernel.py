@@ -8,6 +8,7 @@ of every `CommManager.register_comm` / `unregister_comm` call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from .agents import GateAgent
 from .test_notebooks import kernel_env  # noqa: F401  (the kernel finds this server)
 
 RECORD = """
@@ -134,3 +136,88 @@ async def test_a_cell_run_again_leaves_one_panel_and_close_leaves_nothing(
     assert _printed(nb.cells[1]) == {"threads": ["chatbridge-widget-rerun"]}
     assert _printed(nb.cells[2]) == {"threads": [], "open_until_the_cell_ends": True}
     assert _printed(nb.cells[3]) == {"closed": True, "comms_left": 0, "off_main": []}
+
+
+STOP_OPEN = """
+import json, time
+from jupyter_chatbridge import ChatWidget
+w = ChatWidget("kernel-stop")
+display(w)
+assert w.wait_until_idle(30)
+def wait_for(condition):
+    deadline = time.monotonic() + 30
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+def answers():
+    return [
+        {key: m[key] for key in ("text", "done", "ended")}
+        for m in w.summary()["messages"] if m["role"] == "agent"
+    ]
+def answer_rows():
+    '''Each answer's drawn HTML, once the kernel's thread has made its row.'''
+    rows = w._panel.rows
+    entries = w._on_loop(lambda: w.view.entries)
+    return [rows[e.key].html.value for e in entries if e.role == "agent" and e.key in rows]
+"""
+# Two messages; the first answer is mid-stream (its agent waits at the test's gate) when
+# Stop is clicked, twice, as a user might.
+STOP_CLICK = """
+w.send_message("first question")
+w.send_message("second question")
+stop = w._panel.stop_button
+assert wait_for(lambda: stop.layout.display == "" and answers()[:1] == [
+    {"text": "working ", "done": False, "ended": None}])
+stop.click()
+stop.click()
+assert wait_for(lambda: len(answers()) == 2 and answers()[0]["done"])
+# Rows wait for the kernel's thread, which this cell keeps busy: until then, the panel draws
+# them into its waiting-rows widget.
+assert wait_for(lambda: "■ stopped" in w._panel.waiting_rows.value)
+shown = wait_for(lambda: stop.layout.display == "" and not stop.disabled)  # for the next one
+print(json.dumps({"answers": answers(), "stop_shown": shown}))
+"""
+# The test opened the gate: the queued message's answer completes.
+STOP_AFTER = """
+assert w.wait_until_idle(30)
+shown = stop.layout.display == ""
+print(json.dumps({"answers": answers(), "rows": answer_rows(), "stop_shown": shown}))
+w.close()
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.chatbridge(agent_class=GateAgent)
+async def test_stop_in_a_real_kernel_keeps_the_partial_answer_and_the_next_is_answered(
+    kernel_env: None,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    GateAgent.gate, GateAgent.runs = asyncio.Event(), []
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in (STOP_OPEN, STOP_CLICK, STOP_AFTER)]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    try:
+        async with client.async_setup_kernel():
+            for index, cell in enumerate(nb.cells):
+                if index == 2:
+                    GateAgent.gate.set()
+                await client.async_execute_cell(cell, index)
+    finally:
+        GateAgent.gate.set()
+    for cell in nb.cells:
+        for output in cell.outputs:
+            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    stopped, second = _printed(nb.cells[1])["answers"]
+    assert stopped == {"text": "working ", "done": True, "ended": "stopped"}
+    assert (second["done"], second["ended"]) == (False, None)  # the queued one, streaming
+    assert _printed(nb.cells[1])["stop_shown"]  # now for that answer
+    after = _printed(nb.cells[2])
+    assert [(a["text"], a["ended"]) for a in after["answers"]] == [
+        ("working ", "stopped"),
+        ("working done", "complete"),
+    ]
+    assert "■ stopped" in after["rows"][0] and "■ stopped" not in after["rows"][1]
+    assert not after["stop_shown"]
+    assert GateAgent.runs and len(GateAgent.runs) == 2
