@@ -180,11 +180,11 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
         return the `sidecar.Sidecar` that holds it. It needs the sidebar extra:
         `pip install "jupyter_chatbridge[sidebar]"`. Calling it again moves the panel
         to a new sidebar tab; `close()` closes the tab too."""
-        previous, self._sidebar = self._sidebar, None
+        sidebar = open_sidebar(self, title or f"Chat: {self.session_id}")
+        previous, self._sidebar = self._sidebar, sidebar
         if previous is not None:
             close_widget(previous)
-        self._sidebar = open_sidebar(self, title or f"Chat: {self.session_id}")
-        return self._sidebar
+        return sidebar
 
     def summary(self) -> dict[str, Any]:
         """A snapshot of what the panel shows: status, banner, thinking, messages."""

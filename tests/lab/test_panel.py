@@ -176,7 +176,9 @@ def test_a_narrow_notebook_keeps_messages_whole_and_inside_the_panel(open_notebo
     assert panel_width <= 400
     assert_rows_have_natural_height(measure(notebook.panel))
     assert notebook.panel.evaluate(OVERFLOWS) == {"list": 0, "panel": False}
-    expect(notebook.panel.locator(".chatbridge-input button")).to_be_visible()
+    expect(
+        notebook.panel.locator(".chatbridge-input").get_by_role("button", name="Send")
+    ).to_be_visible()
     notebook.shot("narrow-notebook")
 
 
@@ -317,3 +319,21 @@ def test_a_reload_keeps_the_panel_of_a_saved_notebook_and_w_brings_it_back_other
     exchange(notebook, "After the saved reload", 3)
     assert notebook.lab.session_driver(notebook.session) == driver
     notebook.shot("saved-reload")
+
+
+def test_show_in_sidebar_puts_a_working_panel_in_the_right_hand_area(open_notebook: Any) -> None:
+    notebook = open_notebook("sidebar = w.show_in_sidebar()")
+    notebook.start_panel()
+    notebook.run_cell(1)
+    page = notebook.page
+    in_sidebar = page.locator("#jp-right-stack .jupyterlab-sidecar .chatbridge-panel")
+    expect(in_sidebar).to_be_visible()
+    tab = page.locator(".jp-SideBar.jp-mod-right .lm-TabBar-tab.lm-mod-current")
+    expect(tab).to_contain_text(f"Chat: {notebook.session}")
+    # The same widget: what the sidebar sends, the notebook's panel shows too.
+    exchange(notebook, "From the sidebar: 3 lines", 1, in_sidebar)
+    in_notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .chatbridge-panel")
+    expect(in_notebook.get_by_text("Echo: From the sidebar: 3 lines")).to_be_visible()
+    assert_rows_have_natural_height(measure(in_sidebar))
+    assert in_sidebar.evaluate(OVERFLOWS) == {"list": 0, "panel": False}
+    notebook.shot("sidebar")
