@@ -16,7 +16,9 @@ from .conftest import ROOT
 
 # Lines of the answers, one exchange each: short and long ones mixed.
 ANSWER_LINES = [1, 20, 3, 12, 1, 7, 20, 2, 15, 5]
-CODE_CELL = '_ = w.send_message("```python\\ndef answer():\\n    return 42\\n```")'
+# A fenced block on its own lines, so that the echo ("Echo: Some code:" first) is Markdown
+# with a code block in it.
+CODE_CELL = '_ = w.send_message("Some code:\\n```python\\ndef answer():\\n    return 42\\n```")'
 LONG_TOKEN = "x=1;" * 60  # code with no space to break at
 
 # Every row of a panel, scrolled into view one by one, measured where it is shown.
@@ -131,7 +133,9 @@ def test_a_long_conversation_keeps_every_message_at_its_natural_height(
     assert len(own) == len(ANSWER_LINES) + 3
     answers = [row["lines"] for row in rows if not row["own"]]
     assert answers[: len(ANSWER_LINES)] == ANSWER_LINES
-    assert any(row["lines"] == 4 for row in own)  # the code block, all of it
+    assert any(row["lines"] == 5 for row in own)  # the code block, all of it
+    code = notebook.panel.locator(".chatbridge-agent .chatbridge-bubble pre code")
+    expect(code).to_have_text("def answer():\n    return 42\n")  # the answer's, as code
     assert_rows_have_natural_height(rows)
     assert notebook.panel.evaluate(OVERFLOWS) == {"list": 0, "panel": False}
     notebook.shot("long-conversation")
