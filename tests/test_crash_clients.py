@@ -36,7 +36,7 @@ from .displayed import (
 )
 from .server_process import ServerProcess
 from .support import eventually
-from .test_widget import ThreadedClock
+from .widget_support import ThreadedClock
 
 # (seconds between chunks, words in each answer, kills): 20 kills per client in all
 RATES = [(0.01, 60, 10), (0.05, 24, 10)]

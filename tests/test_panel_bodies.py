@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the fixtures of tests/test_widget.py, imported by name)
+# ruff: noqa: F811  (the fixtures of tests/widget_support.py, imported by name)
 """A long answer streaming in: its Markdown is rendered again only as often as its cost
 allows, what it ends with is always drawn whole, and a delta that was held back is drawn
 when its time comes even if no other event follows. In the unit tests time is a fake clock
@@ -21,7 +21,7 @@ from jupyter_chatbridge.ui.panel import ChatPanel
 
 from .support import eventually
 from .test_chatview import SID, Session
-from .test_widget import (  # noqa: F401 - fixtures
+from .widget_support import (  # noqa: F401 - fixtures
     WidgetFactory,
     connected,
     idle,

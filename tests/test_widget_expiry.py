@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the fixtures of tests/test_widget.py, imported by name)
+# ruff: noqa: F811  (the fixtures of tests/widget_support.py, imported by name)
 """`ChatWidget` after its connection expired on the server (an outage past `inactive_ttl`).
 
 The widget drove its session. Its stream stops, the server's clock passes the TTL (the
@@ -16,7 +16,7 @@ from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .support import eventually
-from .test_widget import (  # noqa: F401 - fixtures
+from .widget_support import (  # noqa: F401 - fixtures
     ThreadedClock,
     WidgetFactory,
     connected,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the fixtures of tests/test_widget.py, imported by name)
+# ruff: noqa: F811  (the fixtures of tests/widget_support.py, imported by name)
 """Answers in `ChatWidget` are Markdown, and nothing in them can run in the browser.
 
 The agent (EchoAgent with no prefix) answers with exactly what was sent, so each answer
@@ -20,7 +20,7 @@ from jupyter_chatbridge.ui.markdown import render_markdown
 
 from .chromium import chromium
 from .support import Api
-from .test_widget import (  # noqa: F401 - fixtures
+from .widget_support import (  # noqa: F401 - fixtures
     WidgetFactory,
     connected,
     idle,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the fixtures of tests/test_widget.py, imported by name)
+# ruff: noqa: F811  (the fixtures of tests/widget_support.py, imported by name)
 """`ChatWidget.show_in_sidebar()`: the panel in a `sidecar.Sidecar` (JupyterLab's right-hand
 area; tests/lab checks it there), or one clear error naming the extra to install."""
 
@@ -11,7 +11,7 @@ from sidecar import Sidecar
 
 from jupyter_chatbridge.ui.sidebar import SidebarUnavailable
 
-from .test_widget import (  # noqa: F401 - fixtures
+from .widget_support import (  # noqa: F401 - fixtures
     WidgetFactory,
     close,
     connected,

@@ -1,4 +1,4 @@
-# ruff: noqa: F811  (the fixtures of tests/test_widget.py, imported by name)
+# ruff: noqa: F811  (the fixtures of tests/widget_support.py, imported by name)
 """Stop in `ChatWidget`, against a real in-process server: the Stop button shows while an
 answer streams, stops that answer (which keeps its text and says it was stopped), never a
 later one, and a Stop that fails says so next to the answer it concerns.
@@ -19,7 +19,7 @@ from jupyter_chatbridge.testing import Fault, FaultPlan
 
 from .agents import GateAgent
 from .support import eventually
-from .test_widget import (  # noqa: F401 - fixtures
+from .widget_support import (  # noqa: F401 - fixtures
     WidgetFactory,
     connected,
     gate,
