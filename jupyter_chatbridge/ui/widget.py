@@ -5,17 +5,16 @@
     from jupyter_chatbridge import ChatWidget
     ChatWidget("demo")   # creates or joins session "demo" on this kernel's Jupyter server
 
-Threads: the widget owns a private asyncio loop in a daemon thread. The
-client and what it does for the panel (`session_link`), the view state (`ChatView`)
-and every redraw live on that thread, so the answer keeps streaming into the panel while a cell
-blocks the kernel (a kernel's own asyncio loop stalls then). ipykernel sends
-widget updates from any thread through its IOPub thread. Widgets themselves
-(comms) are made and closed only on the kernel's main thread (see
-`kernel_thread`): a new message is drawn into a waiting-rows widget until the
-kernel's thread has made its row. The kernel's main
-thread only reads the input box and hands actions to the loop; clicks and
-Enter are delivered by the kernel, so, as for every ipywidget, they wait until
-the running cell finishes.
+Threads: the widget owns a private asyncio loop in a daemon thread. The client and
+what it does for the panel (`session_link`), the view state (`ChatView`) and every
+redraw live on that thread, so the answer keeps streaming into the panel while a cell
+blocks the kernel (a kernel's own asyncio loop stalls then). ipykernel sends widget
+updates from any thread through its IOPub thread. Widgets themselves (comms) are made
+and closed only on the kernel's main thread (see `kernel_thread`): a new message is
+drawn into a waiting-rows widget until the kernel's thread has made its row. The
+kernel's main thread only reads the input box and hands actions (Send, Stop, Retry) to
+the loop; clicks and Enter are delivered by the kernel, so, as for every ipywidget,
+they wait until the running cell finishes.
 
 Identity: the cid is the widget's comm id (`model_id`) formatted as a UUID.
 The widget lives in the kernel, so a page reload shows the same widget, on the
@@ -69,6 +68,10 @@ class ChatWidget(widgets.VBox):  # type: ignore[misc]
     `jupyter_chatbridge.client.discover_server`). `client_options` are passed
     to `AsyncChatClient` (e.g. `retry_delay`, `request_timeout`); at most
     `max_messages` messages are drawn, the most recent ones.
+
+    Answers are drawn as Markdown, sanitized (`markdown`); your own messages as the
+    plain text they are. While an answer streams, **Stop** (or `stop()`) ends it.
+    `show_in_sidebar()` puts the panel in JupyterLab's right-hand area.
 
     `close()` stops the client and its thread and removes the panel. The kernel keeps
     every widget alive until it is closed (ipywidgets' registry and the comm table hold
