@@ -69,9 +69,7 @@ async def test_each_format_is_the_exports_text_as_an_attachment_named_after_the_
         assert "**Agent**\n\nEcho: hello there" in sources
 
 
-async def test_markdown_is_the_default_format(
-    jp_fetch: Any, api: Api, bridge: ChatBridge
-) -> None:
+async def test_markdown_is_the_default_format(jp_fetch: Any, api: Api, bridge: ChatBridge) -> None:
     history = await _conversation(api, bridge, ["hi"])
     response = await _export(jp_fetch, "demo")
     assert response.code == 200

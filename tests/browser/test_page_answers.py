@@ -40,7 +40,7 @@ async def _open(browser: Browser, api: Api, session_id: str, **settings: Any) ->
     await api.ok("POST", "sessions", body={"sessionId": session_id, "settings": settings})
     page = await browser.open(fragment=f"session={session_id}")
     await expect(page.locator("#conn-status")).to_have_attribute("data-state", "connected")
-    await page.wait_for_function("chatbridge.debug().live && chatbridge.debug().live.state === 'live'")
+    await page.wait_for_function("chatbridge.liveState && chatbridge.liveState.state === 'live'")
     return page
 
 
@@ -164,12 +164,12 @@ PAYLOADS = [
     "<javascript:window.__xss='autolink'>",
     "<a href=\"javascript:window.__xss='raw-a'\">raw link</a>",
     "<iframe src=\"javascript:parent.__xss='iframe'\"></iframe>",
-    "<svg onload=\"window.__xss = 'svg'\"><circle r=\"5\"></circle></svg>",
+    '<svg onload="window.__xss = \'svg\'"><circle r="5"></circle></svg>',
     "<details open ontoggle=\"window.__xss = 'details'\">x</details>",
     "![pic](x\" onerror=\"window.__xss='img-md')",
     "![pic](javascript:window.__xss='img-js')",
-    "<style>body { display: none }</style><object data=\"javascript:alert(1)\"></object>",
-    "<p onclick=\"window.__xss='p'\">click</p> <b onmouseover=\"alert(1)\">bold</b>",
+    '<style>body { display: none }</style><object data="javascript:alert(1)"></object>',
+    '<p onclick="window.__xss=\'p\'">click</p> <b onmouseover="alert(1)">bold</b>',
     "`<script>` in code stays text, and so does <br> in prose",
 ]
 
@@ -238,7 +238,7 @@ async def test_answers_render_markdown_and_nothing_in_them_can_run(
         "Some **bold** and *italic* text.\n\n"
         "- first item\n- second item\n\n"
         "1. one\n2. two\n\n"
-        "See [the docs](https://example.org/docs \"Docs\") and `inline()` code.\n\n"
+        'See [the docs](https://example.org/docs "Docs") and `inline()` code.\n\n'
         "```python\nprint('hi')\nx = 1 < 2\n```",
     )
     last = answers.nth(len(PAYLOADS))
