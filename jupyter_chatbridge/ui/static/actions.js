@@ -7,9 +7,11 @@
 // "already_ended" and nothing changes. It goes over the session's WebSocket when that is
 // open (a `stop` frame, answered by a `stopped` frame), else POST sessions/{id}/stop.
 
-// How long a `stop` frame may wait for its `stopped` frame before the page asks over REST
-// (the same as a REST call's time-out in api.js). Stop is idempotent, so asking twice is safe.
-const SOCKET_REPLY_MS = 15000;
+import { REQUEST_TIMEOUT_MS } from "./api.js";
+
+// A `stop` frame waits for its `stopped` frame as long as a REST call waits for its answer;
+// then the page asks over REST. Stop is idempotent, so asking twice is safe.
+const SOCKET_REPLY_MS = REQUEST_TIMEOUT_MS;
 
 /** The answer of the open session that is streaming now, if any. */
 export function streamingAnswer(view) {

@@ -7,7 +7,7 @@ import { retryAfterMs } from "./policy.js";
 
 // How long a REST call may take before the page counts it as "no answer" (transient).
 // The page's own choice, not a contract rule.
-const REQUEST_TIMEOUT_MS = 15000;
+export const REQUEST_TIMEOUT_MS = 15000;
 
 /** One REST call under cookie login: the XSRF header on every call, a time-out. */
 export async function apiRequest({ url, xsrf, connectionId }, method, path, body) {
