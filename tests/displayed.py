@@ -3,7 +3,8 @@
 `expected_display` rebuilds the conversation from history alone (seq order: user
 messages, answers with their deltas and errors, notices), independently of the
 clients' reducer. `widget_display` and `page_display` read what the widget's view and
-the page's DOM show, in the same shape: `(role, text, error)` rows.
+the page's DOM show, in the same shape: `(role, text, error)` rows. The page renders
+answers as Markdown, so its answer rows are compared as `as_page_shows` puts them.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ PAGE_ROWS_JS = """() => [...document.querySelectorAll('#transcript > .msg')].map
   }
   if (node.classList.contains('assistant')) {
     const error = node.querySelector('.agent-error');
-    const text = node.firstChild && node.firstChild.nodeType === Node.TEXT_NODE
-      ? node.firstChild.textContent : '';
-    return ['agent', text, error ? error.textContent : null];
+    const body = node.querySelector('.body');
+    const text = body ? body.textContent : '';
+    return ['agent', text, error && !error.hidden ? error.textContent : null];
   }
   return ['notice', node.textContent, null];
 })"""
@@ -77,5 +78,14 @@ def widget_display(summary: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def as_page_shows(rows: list[Row]) -> list[Row]:
+    """Rows as the page shows them: an answer is rendered Markdown, whose text has its
+    runs of whitespace collapsed and none at its ends ("Echo: w0 w1 " shows "Echo: w0 w1")."""
+    return [
+        (role, " ".join(text.split()) if role == "agent" else text, error)
+        for role, text, error in rows
+    ]
+
+
 def page_display(rows: list[list[Any]]) -> list[Row]:
-    return [(str(role), str(text), error) for role, text, error in rows]
+    return as_page_shows([(str(role), str(text), error) for role, text, error in rows])

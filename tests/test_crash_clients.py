@@ -29,6 +29,7 @@ from .chromium import chromium, page_url
 from .displayed import (
     PAGE_ROWS_JS,
     Row,
+    as_page_shows,
     expected_display,
     page_display,
     server_history,
@@ -64,9 +65,14 @@ def answers(rows: list[Row]) -> int:
     return sum(role == "agent" for role, _, _ in rows)
 
 
-async def converged(server: ServerProcess, read: Callable[[], Any]) -> list[Row]:
-    """Wait until what the client displays equals the server's history; returns it."""
-    expected = expected_display(await server_history(server, "crash"))
+async def converged(
+    server: ServerProcess,
+    read: Callable[[], Any],
+    shown_as: Callable[[list[Row]], list[Row]] = list,
+) -> list[Row]:
+    """Wait until what the client displays equals the server's history (as the client
+    shows it: `shown_as`); returns it."""
+    expected = shown_as(expected_display(await server_history(server, "crash")))
     shown: list[Row] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SETTLE
@@ -169,7 +175,7 @@ async def test_the_page_displays_the_history_after_each_sigkill(
                 await asyncio.sleep(0.005)
             server.kill()
             await server.start()
-            shown = await converged(server, read)
+            shown = await converged(server, read, as_page_shows)
             assert_cut_answer_interrupted(shown, before)
             await eventually_async(lambda: status(), "connected")
             await page.evaluate("(text) => window.chatbridge.send(text)", f"after {kill}")
@@ -178,7 +184,7 @@ async def test_the_page_displays_the_history_after_each_sigkill(
             while ("agent", f"Echo: after {kill}", None) not in await read():
                 assert loop.time() < deadline, (await read())[-3:]
                 await asyncio.sleep(0.05)
-            await converged(server, read)
+            await converged(server, read, as_page_shows)
 
 
 async def eventually_async(read: Callable[[], Any], wanted: Any) -> None:

@@ -48,7 +48,7 @@ from jupyter_chatbridge.server.bridge import ChatBridge
 from .support import WAIT, StreamFactory, new_cid
 
 SPEC_PATH = Path(jupyter_chatbridge.__file__).parent / "server" / "openapi.yaml"
-EXAMPLES = 50  # per operation; all 14 operations take about 15 s
+EXAMPLES = 50  # per operation; all 15 operations take about 15 s
 
 SCHEMA = schemathesis.openapi.from_path(SPEC_PATH)
 # Authentication is added to every request below; don't generate token parameters.
@@ -77,6 +77,7 @@ def test_every_rest_path_of_the_protocol_is_described() -> None:
         "DELETE /chatbridge/api/sessions/{sessionId}",
         "GET /chatbridge/api/sessions/{sessionId}/events",
         "POST /chatbridge/api/sessions/{sessionId}/stop",
+        "GET /chatbridge/api/sessions/{sessionId}/export",
         "POST /chatbridge/api/watch",
         "POST /chatbridge/api/unwatch",
         "POST /chatbridge/api/attach",

@@ -22,7 +22,7 @@ from .transcript import Message, Transcript
 FORMATS: Final = ("jsonl", "markdown", "ipynb")
 """What `render` writes; `ipynb` is an nbformat v4 notebook of markdown cells."""
 
-Ending = Literal["complete", "error", "running"]
+Ending = Literal["complete", "stopped", "error", "running"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,13 @@ def conversation(session_id: str, events: Sequence[Mapping[str, Any]]) -> Conver
 
 
 def ending(message: Message) -> Ending:
-    """How an agent's answer ended: complete, with an error, or not yet (running)."""
+    """How an agent's answer ended: complete, stopped (by a user's Stop), with an error,
+    or not yet (running)."""
     if message.error:
         return "error"
-    return "complete" if message.done else "running"
+    if not message.done:
+        return "running"
+    return "stopped" if message.ended == "stopped" else "complete"
 
 
 def _tidy(text: str) -> str:
@@ -76,6 +79,8 @@ def _ending_note(message: Message) -> str:
         return f"The answer ended with an error: {message.error}"
     if state == "running":
         return "The answer was still running when this was exported."
+    if state == "stopped":
+        return "The answer was stopped before it completed."
     return ""
 
 

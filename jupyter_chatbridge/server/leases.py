@@ -80,7 +80,7 @@ class LeasedRunner(AgentRunner):
                 taken = await asyncio.to_thread(store.take_lease, session.id, token, self._lease_ms)
             except Exception:
                 return  # Redis is away: the next sweep tries again
-            if not taken:
+            if taken is None:
                 return
             owned = True
             store.fence[session.id] = token
@@ -89,7 +89,7 @@ class LeasedRunner(AgentRunner):
                 self._renew(session, token, asyncio.current_task())
             )
             try:
-                await self._answer_all(session)
+                await self._answer_all(session, taken)
             finally:
                 renew.cancel()
                 session.running = False
@@ -104,11 +104,20 @@ class LeasedRunner(AgentRunner):
             if owned and session.pending and self._relay.holds(session):
                 self.ensure(session)
 
-    async def _answer_all(self, session: Session) -> None:
+    async def _answer_all(self, session: Session, newest: int) -> None:
+        """Answer what is queued; `newest` is the session's seq in Redis as the lease
+        was taken (so the first round needs no extra read)."""
         relay = self._relay
+        first = True
         while session.id not in relay.store.fenced:
             # Everything Redis holds first: a stale view would answer a message twice.
-            await relay.caught_up(session)
+            # (Each later round flushes this process's own writes first: the previous
+            # round's last events go out while the lease still holds.)
+            if first:
+                await relay.shown(session, newest)
+                first = False
+            else:
+                await relay.caught_up(session)
             recovery = recover(session.log.after(0))
             if recovery.cut_answer is not None:
                 self._log.warning(

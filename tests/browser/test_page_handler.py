@@ -60,7 +60,7 @@ async def test_page_embeds_the_client_rules_and_an_import_map_of_every_module(
     assert mapped is not None
     imports = json.loads(mapped.group(1))["imports"]
     prefix = f"{jp_base_url}static/jupyter_chatbridge/"
-    modules = sorted(p.name for p in STATIC.glob("*.js"))
+    modules = sorted(p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*.js"))
     assert sorted(imports) == [prefix + name for name in modules]
     for plain, versioned in imports.items():
         assert versioned.startswith(plain + "?v=")

@@ -3,7 +3,8 @@
 `static_url` versions the entry module's URL, but relative imports between modules carry
 no version: without the page's import map a changed module could come from the browser's
 cache beside a fresh entry. This loads the page in Chromium and checks every module the
-static directory holds was fetched once, with `?v=` equal to the hash of that file.
+static directory holds (the vendored libraries below it included) was fetched once, with
+`?v=` equal to the hash of that file.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ async def test_every_module_is_requested_with_its_own_version(browser: Browser) 
     # Connected means every module loaded and ran: the page made its stream.
     await expect(page.locator("#conn-status")).to_have_attribute("data-state", "connected")
 
-    modules = sorted(p.name for p in STATIC.glob("*.js"))
+    modules = sorted(p.relative_to(STATIC).as_posix() for p in STATIC.rglob("*.js"))
     assert len(modules) >= 8  # the entry and the modules it imports
+    # The vendored Markdown libraries too (imported by markdown.js).
+    assert {"vendor/marked/marked.esm.js", "vendor/dompurify/purify.es.js"} <= set(modules)
     assert sorted(name for name, _ in requested) == modules  # each one, and once
     for name, versions in requested:
         expected = StaticFileHandler.get_content_version(str(STATIC / name))

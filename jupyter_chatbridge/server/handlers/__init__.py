@@ -7,6 +7,7 @@ from typing import Any
 from .api import (
     ConnectionActionHandler,
     SendHandler,
+    SessionExportHandler,
     SessionHandler,
     SessionHistoryHandler,
     SessionsHandler,
@@ -30,6 +31,7 @@ def default_handlers() -> list[tuple[str, type, dict[str, Any]]]:
         (f"chatbridge/api/sessions/{SESSION_ID}/events", SessionHistoryHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}/ws", SessionSocketHandler, {}),
         (f"chatbridge/api/sessions/{SESSION_ID}/stop", StopHandler, {}),
+        (f"chatbridge/api/sessions/{SESSION_ID}/export", SessionExportHandler, {}),
         (
             r"chatbridge/api/(?P<action>watch|unwatch|attach|detach|suspend)",
             ConnectionActionHandler,

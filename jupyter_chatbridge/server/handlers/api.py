@@ -1,13 +1,16 @@
-"""REST handlers: sessions, history, watch/attach/suspend, send."""
+"""REST handlers: sessions, history, export, watch/attach/suspend, send."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+from typing import Any, Final
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ...protocol import ErrorCode, is_valid_session_id
+from ...protocol.export import FORMATS, render
 from ...protocol.requests import InvalidRequest, SendRequest, parse_send, parse_stop
 from ..errors import BridgeError, bad_request
 from ..sessions import SendResult
@@ -106,6 +109,41 @@ class SessionHistoryHandler(ChatBridgeHandler):
         # The events are already JSON: join them instead of parsing and re-encoding.
         self.set_status(200)
         self.finish('{"events":[' + ",".join(e.data for e in events) + f'],"lastSeq":{last_seq}}}')
+
+
+# What an export is served as, and the file name's extension (`<session>.<ext>`).
+EXPORT_TYPES: Final = {
+    "markdown": ("text/markdown; charset=UTF-8", "md"),
+    "jsonl": ("application/x-ndjson; charset=UTF-8", "jsonl"),
+    "ipynb": ("application/x-ipynb+json; charset=UTF-8", "ipynb"),
+}
+
+
+def _export(fmt: str, session_id: str, data: list[str]) -> str:
+    return render(fmt, session_id, [json.loads(event) for event in data])
+
+
+class SessionExportHandler(ChatBridgeHandler):
+    """`GET chatbridge/api/sessions/{id}/export?format=markdown|jsonl|ipynb`: the session
+    as a file to keep, the same text `jupyter chatbridge export` and the Python client's
+    `session.export()` make of its history (`protocol.export.render`)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, session_id: str) -> None:
+        fmt = self.get_query_argument("format", "markdown")
+        if fmt not in FORMATS:
+            raise bad_request(f"format must be one of {', '.join(FORMATS)}")
+        session_id = _session_id_from_path(session_id)
+        events, _ = self.bridge.history(session_id, 0, None)
+        # A long history takes a while to render: not on the loop every stream shares.
+        text = await asyncio.get_running_loop().run_in_executor(
+            None, _export, fmt, session_id, [event.data for event in events]
+        )
+        content_type, extension = EXPORT_TYPES[fmt]
+        # A session id is [A-Za-z0-9_.-]: safe in a quoted file name as it is.
+        self.set_header("Content-Disposition", f'attachment; filename="{session_id}.{extension}"')
+        self.finish(text.encode("utf-8"), set_content_type=content_type)
 
 
 class ConnectionActionHandler(ChatBridgeHandler):

@@ -18,7 +18,8 @@ Cache-busting: `static_url` versions a URL with `?v=<hash of the file>`, but a m
 relative `import "./policy.js"` would not carry it, so a changed module could be served
 stale from the browser's cache beside a fresh entry. The import map sends every module's
 plain URL (what a relative import resolves to) to its versioned one, for every module in
-the static directory, so each is fetched once, under the version of its own content.
+the static directory and below it (the vendored marked and DOMPurify in `vendor/`), so
+each is fetched once, under the version of its own content.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ PAGE = """<!DOCTYPE html>
   </label>
   <input id="new-session-name" placeholder="new session name" maxlength="64">
   <button id="new-session" type="button">New session</button>
+  <button id="download" type="button" disabled
+    title="Download the conversation as Markdown">Download</button>
+  <span id="download-error" class="action-error" role="alert" hidden></span>
   <span id="conn-status" class="conn" data-state="connecting" role="status">connecting…</span>
 </header>
 <section id="session-gone" class="gone" hidden role="alert">
@@ -68,6 +72,7 @@ PAGE = """<!DOCTYPE html>
 <form id="composer" class="composer">
   <textarea id="message" rows="2" placeholder="Write a message (Enter sends)" disabled></textarea>
   <button id="send" type="submit" disabled>Send</button>
+  <button id="stop" type="button" hidden title="Stop the answer">Stop</button>
   <div id="composer-error" class="composer-error" role="alert" hidden></div>
 </form>
 <footer class="foot">connection <code id="cid"></code></footer>
@@ -107,7 +112,9 @@ class ChatPageHandler(ExtensionHandlerMixin, JupyterHandler):
     def import_map(self) -> str:
         """Every module's plain URL -> its versioned URL, as JSON safe inside <script>."""
         static_dirs: list[str] = self.settings[f"{self.name}_static_paths"]
-        modules = sorted({p.name for d in static_dirs for p in Path(d).glob("*.js")})
+        modules = sorted(
+            {p.relative_to(d).as_posix() for d in static_dirs for p in Path(d).rglob("*.js")}
+        )
         imports = {
             self.static_url(name, include_version=False): self.static_url(name) for name in modules
         }

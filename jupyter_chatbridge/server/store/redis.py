@@ -98,6 +98,10 @@ class RedisKeys:
     def meta(self, session_id: str) -> str:
         return f"{self.prefix}:s:{session_id}"
 
+    def session_of(self, meta_key: str) -> str:
+        """The session id in its `meta` key."""
+        return meta_key[len(self.prefix) + 3 :]
+
     def events(self, session_id: str) -> str:
         return f"{self.prefix}:s:{session_id}:events"
 
@@ -353,7 +357,7 @@ class RedisStore:
                 raise reply
             if str(reply).startswith("CHATBRIDGE_FENCED"):
                 # Only that session's owner stops; every other write of the batch stands.
-                self.fenced.add(keys[0].split(":s:", 1)[1])
+                self.fenced.add(self.keys.session_of(keys[0]))
                 continue
             problems.append(f"{kind}: {reply}")
         if problems:
@@ -371,6 +375,10 @@ class RedisStore:
         fence = self.fence.get(session_id, "")
         args = [head, tail, event_type, self._max_events, fence, writer, counter]
         self._put(("append_next", (keys, args)))
+        # Written at once, not after the group-commit window: no client sees the event
+        # before Redis holds it, so a wait only delays them all. A burst still goes in
+        # few round trips: what queues during one write is sent together by the next.
+        self._wake.set()
 
     def end(self, session_id: str, head: str, tail: str, linger: int = 300) -> None:
         """Queue: the session's `session_ended` event, then the session is gone."""
@@ -398,9 +406,17 @@ class RedisStore:
         seq, duplicate = self._scripts["send"](keys=keys, args=args)
         return int(seq), bool(duplicate)
 
-    def take_lease(self, session_id: str, token: str, ms: int) -> bool:
-        """Blocking: become the session's agent owner if nobody is (SET NX PX)."""
-        return bool(self.client.set(self.keys.lease(session_id), token, nx=True, px=ms))
+    def take_lease(self, session_id: str, token: str, ms: int) -> int | None:
+        """Blocking: become the session's agent owner if nobody is (SET NX PX).
+
+        Returns None if another holds it, else the session's newest seq as of
+        taking it (one round trip): what the new owner must show before it answers.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.keys.lease(session_id), token, nx=True, px=ms)
+        pipe.hget(self.keys.meta(session_id), "seq")
+        taken, newest = pipe.execute()
+        return int(newest or 0) if taken else None
 
     def renew_lease(self, session_id: str, token: str, ms: int) -> bool:
         """Blocking: keep the lease; False if it was lost (expired and taken)."""

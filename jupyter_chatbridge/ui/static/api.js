@@ -1,12 +1,13 @@
 // The REST half of the contract under Jupyter's cookie login: the XSRF header on every
 // call, the connection id once the stream has one, a time-out, and the answer as
-// {status, body, retryAfter} (a network error or the time-out throws).
+// {status, body, text, retryAfter}: body is the JSON answer (null if it is not JSON), text
+// the answer as it came (an export). A network error or the time-out throws.
 
 import { retryAfterMs } from "./policy.js";
 
 // How long a REST call may take before the page counts it as "no answer" (transient).
 // The page's own choice, not a contract rule.
-const REQUEST_TIMEOUT_MS = 15000;
+export const REQUEST_TIMEOUT_MS = 15000;
 
 /** One REST call under cookie login: the XSRF header on every call, a time-out. */
 export async function apiRequest({ url, xsrf, connectionId }, method, path, body) {
@@ -34,6 +35,7 @@ export async function apiRequest({ url, xsrf, connectionId }, method, path, body
     return {
       status: response.status,
       body: json,
+      text,
       retryAfter: retryAfterMs(response.headers.get("Retry-After")),
     };
   } finally {

@@ -20,6 +20,8 @@
 // - live-socket.js   the session WebSocket: 4404 means the session is gone
 // - api.js           REST under cookie login (XSRF, time-out)
 // - page.js          ChatPage, the glue; render.js draws its state into the DOM
+// - markdown.js      answers as sanitized Markdown (vendor/: marked, DOMPurify), Copy buttons
+// - actions.js       Stop the streaming answer, Download the conversation as Markdown
 
 import { ChatPage } from "./page.js";
 

@@ -3,7 +3,8 @@
 // EventSource or WebSocket upgrade, but it does see a close code, and the server closes
 // 4404 at once for a session that does not exist or was just deleted: that is how the page
 // knows "session no longer exists" immediately instead of retrying blind. The socket's own
-// event frames only prove it works: the same events already arrive over SSE.
+// event frames only prove it works: the same events already arrive over SSE. The page's
+// Stop uses it too when it is open (actions.js).
 
 import { ReconnectBudget } from "./policy.js";
 
@@ -63,6 +64,12 @@ export class LiveSocket {
     clearTimeout(this.timer);
     this.timer = null;
     if (socket) socket.close(1000, "closed by the page");
+  }
+
+  /** The socket when it is open (frames can be sent on it), else null. */
+  get openSocket() {
+    const socket = this.socket;
+    return socket && socket.readyState === WebSocket.OPEN ? socket : null;
   }
 
   get reconnectPending() {

@@ -1,7 +1,9 @@
 // The chat page: the glue between the DOM (render.js) and the pieces that hold the rules
 // (outbox, transcript, event stream, live socket), each given the rules object of
-// client_rules.json that page.py embeds. Its state is what render.js draws.
+// client_rules.json that page.py embeds. Its state is what render.js draws; Stop and
+// Download are actions.js.
 
+import { SessionActions } from "./actions.js";
 import { apiRequest } from "./api.js";
 import { EventStream } from "./event-stream.js";
 import { CidGuard, newCid, storageGet, storageSet, tabCid } from "./ids.js";
@@ -53,6 +55,7 @@ export class ChatPage {
     this.errors = new Map(); // operation -> message
     this.pickerKey = null;
     this.$ = (id) => document.getElementById(id);
+    this.actions = new SessionActions(this);
     this.outbox = new Outbox({
       rules,
       post: (message) => this.postSend(message),
@@ -85,6 +88,7 @@ export class ChatPage {
       this.selectSession(event.target.value || null);
     });
     this.$("new-session").addEventListener("click", () => this.createSession());
+    this.actions.bind();
     this.$("gone-new").addEventListener("click", () => this.createSession());
     this.$("gone-reconnect").addEventListener("click", () => {
       if (this.view) this.selectSession(this.view.sessionId, { force: true });
@@ -348,6 +352,7 @@ export class ChatPage {
     this.live = null;
     this.liveState = null;
     this.gone = null;
+    this.actions.reset();
     clearTimeout(this.fillTimer);
     this.fillTimer = null;
     this.view = sessionId ? new Transcript(this.rules, sessionId) : null;

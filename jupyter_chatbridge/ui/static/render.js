@@ -1,6 +1,10 @@
 // The page's DOM: draws the ChatPage's state into the elements page.py serves (and reads
 // it out for chatbridge.debug()). Nothing here decides anything; it shows what the page,
-// its transcript and its outbox say.
+// its transcript and its outbox say. Answers are Markdown (markdown.js); user messages are
+// plain text.
+
+import { drawActions } from "./actions.js";
+import { MarkdownBody, renderStats } from "./markdown.js";
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -85,6 +89,7 @@ export function drawPage(page) {
   }
 
   drawTranscript(page);
+  drawActions(page);
 
   // The transcript's rule: a send of ours pending, a message unanswered, an answer streaming.
   page.$("thinking").hidden = !(view && !page.gone && view.thinking);
@@ -152,9 +157,12 @@ function drawTranscript(page) {
         nodes.push(cached.node);
         continue;
       }
-      const node = messageNode(page, message);
-      cache.rows.set(message.key, { looks, node });
-      nodes.push(node);
+      // An answer keeps its node (and its rendered Markdown) while it changes.
+      const row = cached && cached.answer ? cached : messageRow(page, message);
+      if (row.answer) row.answer.update(message, page.actions.stopNote(message));
+      row.looks = looks;
+      cache.rows.set(message.key, row);
+      nodes.push(row.node);
     }
     for (const key of cache.rows.keys()) if (!seen.has(key)) cache.rows.delete(key);
     if (view.ended === "session_ended") nodes.push(element("div", "msg system", "session ended"));
@@ -177,6 +185,8 @@ function looksOf(page, message) {
     message.text,
     message.error,
     message.done,
+    message.ended,
+    page.actions.stopNote(message),
     message.messageId,
     message.seq,
     message.delivery,
@@ -192,16 +202,43 @@ function sameLooks(a, b) {
   return a.length === b.length && a.every((value, i) => value === b[i]);
 }
 
-function messageNode(page, message) {
-  if (message.role === "user") return userBubble(page, message);
+function messageRow(page, message) {
+  if (message.role === "user") return { node: userBubble(page, message) };
   if (message.role === "agent") {
-    const bubble = element("div", "msg assistant", message.text);
-    bubble.dataset.messageId = message.messageId;
-    bubble.dataset.done = String(message.done);
-    if (message.error) bubble.append(element("div", "agent-error", message.error));
-    return bubble;
+    const answer = new AnswerBubble();
+    return { node: answer.node, answer };
   }
-  return element("div", `msg ${message.error ? "error" : "system"}`, message.text);
+  return { node: element("div", `msg ${message.error ? "error" : "system"}`, message.text) };
+}
+
+// How an answer ended, when that is not plain "complete" and no error says it already.
+const ENDING_LABELS = { stopped: "stopped" };
+
+/** An answer: its Markdown, its error, how it ended, and what its Stop came to. */
+class AnswerBubble {
+  constructor() {
+    this.node = element("div", "msg assistant");
+    this.body = new MarkdownBody();
+    this.error = element("div", "agent-error");
+    this.note = element("div", "answer-note");
+    this.node.append(this.body.element, this.error, this.note);
+  }
+
+  update(message, stopNote) {
+    const node = this.node;
+    node.dataset.messageId = message.messageId;
+    node.dataset.done = String(message.done);
+    node.dataset.ended = message.ended || "";
+    this.body.show(message.text, message.done);
+    this.error.hidden = !message.error;
+    this.error.textContent = message.error || "";
+    // A Stop that failed is said here, by the answer it concerns; "stopping" is the button's.
+    const failed = stopNote && stopNote !== "stopping" ? stopNote : null;
+    const label = failed || ENDING_LABELS[message.ended] || "";
+    this.note.hidden = !label;
+    this.note.textContent = label;
+    this.note.dataset.kind = failed ? "stop-failed" : message.ended || "";
+  }
 }
 
 // Touch the DOM only where the list changed: unchanged nodes stay where they are.
@@ -291,6 +328,8 @@ export function debugSnapshot(page) {
         }
       : null,
     outbox: { queued: page.outbox.queue.length, failed: [...page.outbox.failed.keys()] },
+    markdownRenders: renderStats.renders,
+    stops: Object.fromEntries(page.actions.stops),
     delivery: Object.fromEntries(
       [...page.delivery].map(([id, e]) => [
         id,
