@@ -222,6 +222,11 @@ class AgentRunner:
                             session, EventType.BLOCK_DELTA, {"messageId": message_id, "text": chunk}
                         )
                         clock.output()
+                        if len(answer.parts) == 1:
+                            # The first text reaches the user before the rest is read: a
+                            # burst of chunks would keep the loop (and the GIL the store's
+                            # writer needs to commit it) busy meanwhile.
+                            await self._fanout.wait_shown()
             finally:
                 # Stopped or failed: close the generator now (its `finally` frees upstream).
                 aclose = getattr(chunks, "aclose", None)
