@@ -17,12 +17,27 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 from jupyter_chatbridge.client.discovery import ENV_TOKEN, ENV_URL
+
+from . import notebook_openai
+from .fake_openai import FakeOpenAI
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+@pytest.fixture
+def jp_server_config(jp_server_config: Config, request: pytest.FixtureRequest) -> Config:
+    """A test that uses the fake OpenAI server gets a server whose agent is `OpenAIAgent`
+    pointed at it, configured as notebook 04 tells its reader to."""
+    if "fake_openai" in request.fixturenames:
+        fake: FakeOpenAI = request.getfixturevalue("fake_openai")
+        fake.pace = notebook_openai.PACE
+        jp_server_config.merge(Config(notebook_openai.server_config(fake.base_url)))
+    return jp_server_config
 
 
 @pytest.fixture
@@ -112,3 +127,11 @@ async def test_custom_agent(kernel_env: None, tmp_path: Path) -> None:
     assert "server stopped with" in stopped
     assert (tmp_path / "shout_agent.py").exists()
     json.dumps(nb.metadata.get("widgets", {}))  # the widget state is plain JSON
+
+
+@pytest.mark.timeout(180)
+async def test_openai_agent(kernel_env: None, tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    nb = await run_notebook(notebook_openai.NAME, tmp_path)
+    texts = {i: text_of(cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"}
+    requests = [r.summary() for r in fake_openai.chat_requests]
+    notebook_openai.check_outputs(texts, requests, fake_openai.base_url)

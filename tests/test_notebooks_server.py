@@ -21,7 +21,9 @@ import nbformat
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from . import notebook_openai
 from .kernel_channels import CellRun, RemoteKernel
+from .notebook_openai import FakeOpenAIProcess
 from .server_process import ServerProcess
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -32,6 +34,14 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     root = tmp_path / "work"
     root.mkdir()
     process = ServerProcess(root)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def fake_model_server(tmp_path: Path) -> Iterator[FakeOpenAIProcess]:
+    """The fake OpenAI-compatible server in its own process, as a local model server."""
+    process = FakeOpenAIProcess(tmp_path / "fake_openai.log")
     yield process
     process.stop()
 
@@ -146,3 +156,24 @@ async def test_custom_agent_says_why_when_its_demo_server_never_comes_up(
     said = errors[0]["evalue"]
     assert "the demo server never came up (exited with" in said
     assert "no-such-option" in said  # the demo server's own complaint
+
+
+@pytest.mark.timeout(180)
+async def test_openai_agent_in_a_kernel_of_a_real_server(
+    tmp_path: Path, fake_model_server: FakeOpenAIProcess
+) -> None:
+    """Started as the notebook says, with its agent's model server in another process."""
+    await fake_model_server.start()
+    root = tmp_path / "work"
+    root.mkdir()
+    server = ServerProcess(root, *notebook_openai.server_args(fake_model_server.base_url))
+    try:
+        await server.start()
+        runs, _ = await run_notebook(server, notebook_openai.NAME)
+        texts = {i: run.text for i, run in enumerate(runs)}
+        requests = await fake_model_server.requests()
+        notebook_openai.check_outputs(texts, requests, fake_model_server.base_url)
+        for session_id in ("local-model", "local-model-terse", "local-model-typo"):
+            assert (await describe(server, session_id))[0] == 404  # the notebook deleted them
+    finally:
+        server.stop()

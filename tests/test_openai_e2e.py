@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
+from jupyter_chatbridge.client import AsyncChatClient, HTTPStatusError
+
 from .fake_openai import FakeOpenAI, stall, stall_after
 from .support import Api, StreamFactory, new_cid
 
@@ -200,3 +202,22 @@ async def test_settings_the_agent_refuses_are_400_and_create_nothing(
     assert status == 400 and body["code"] == "bad_request" and fragment in body["error"]
     assert (await api("GET", "sessions", "s1"))[0] == 404
     assert (await api.ok("GET", "sessions"))["sessions"] == []
+
+
+async def test_the_python_client_creates_a_session_with_settings_or_says_why_not(
+    server_url: str, token: str, fake_openai: FakeOpenAI
+) -> None:
+    async with AsyncChatClient(server_url, token) as client:
+        with pytest.raises(HTTPStatusError) as refused:
+            await client.session("hot", settings={"temperature": 3})
+        assert (refused.value.status, refused.value.code) == (400, "bad_request")
+        assert "settings.temperature must be a number from 0 to 2" in refused.value.body["error"]
+        assert [s["sessionId"] for s in await client.list_sessions()] == []
+        session = await client.session("s1", settings={"model": "llama3.2", "temperature": 0.5})
+        assert (await client.get_session("s1"))["settings"] == {
+            "model": "llama3.2",
+            "temperature": 0.5,
+        }
+        assert await session.ask("hello") == "You said: hello"
+    body = fake_openai.chat_requests[0].body
+    assert (body["model"], body["temperature"]) == ("llama3.2", 0.5)

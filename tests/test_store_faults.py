@@ -7,6 +7,7 @@
   answer `duplicate: true`, and the client's retry succeeds once the store works, with
   the message stored once. The faults are raised at the writer thread's seam
   (`SqliteStore._commit`) of a real server's store.
+- An answer's first text is shown (so committed) before its agent is read on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import pytest
 from traitlets.config import Config
 
 from jupyter_chatbridge.clock import FakeScheduler
-from jupyter_chatbridge.server.agents import EchoAgent
+from jupyter_chatbridge.server.agents import Agent, EchoAgent, UserMessage
 from jupyter_chatbridge.server.bridge import BridgeError, BridgeLimits, ChatBridge
 from jupyter_chatbridge.server.store import MemoryStore, SqliteStore, StoreError, StoreLocked
 
@@ -193,6 +194,61 @@ async def test_a_duplicate_whose_first_attempt_failed_meanwhile_is_not_called_ac
     store.waiting[2].set_result(None)
     result = await again
     assert (result.receipt.seq, result.duplicate) == (1, True)
+    await bridge.shutdown()
+
+
+# -- an answer's first text is shown before the agent is read on -------------------------------
+
+
+class HeldCommits(ScriptedFlush):
+    """Shows nothing until the test commits, like SQLite's writer thread (not at once)."""
+
+    commits_immediately = False
+
+    def commit_all(self) -> None:
+        for future in self.waiting:
+            if not future.done():
+                future.set_result(None)
+
+
+class AllAtOnceAgent(Agent):
+    """A provider that sent its whole answer at once; notes what was shown when it is
+    asked for its second chunk."""
+
+    def __init__(self, shown_seq: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shown_seq = shown_seq
+        self.shown_when_read_on: list[int] = []
+
+    async def reply(self, message: UserMessage) -> AsyncIterator[str]:
+        yield "first "
+        self.shown_when_read_on.append(self.shown_seq())
+        yield "second"
+
+
+async def test_an_answers_first_text_is_shown_before_the_rest_is_read() -> None:
+    """Time to first token: reading on would keep the loop busy while the text commits."""
+    store = HeldCommits()
+    agents: list[AllAtOnceAgent] = []
+
+    def make_agent(session_id: str, settings: dict[str, Any]) -> AllAtOnceAgent:
+        agents.append(AllAtOnceAgent(lambda: bridge.session(session_id).log.shown_seq))
+        return agents[-1]
+
+    bridge = ChatBridge(BridgeLimits(), FakeScheduler(), make_agent, store=store)
+    bridge.create_session("s1")
+    session = bridge.session("s1")
+    log = session.log
+    sent = asyncio.ensure_future(bridge.send_durably("s1", "m1", "hi", None))
+    await eventually(lambda: log.last_seq >= 3)  # user_message, message_start, "first "
+    for _ in range(20):  # nothing is committed yet, so nothing is shown: the agent waits
+        await asyncio.sleep(0)
+    assert (log.last_seq, log.shown_seq, agents[0].shown_when_read_on) == (3, 0, [])
+    while not sent.done() or session.running or log.shown_seq < log.last_seq:
+        store.commit_all()
+        await asyncio.sleep(0)
+    assert agents[0].shown_when_read_on == [3]  # read on once "first " was shown
+    assert [e.type for e in log.after(0)][-2:] == ["block_delta", "message_end"]
     await bridge.shutdown()
 
 

@@ -152,10 +152,24 @@ class AsyncChatClient:
             raise HTTPStatusError(response.status, response.error, response.body)
         return response.body
 
-    async def create_session(self, session_id: str | None = None, *, exist_ok: bool = False) -> Any:
-        """Create a session; with `exist_ok`, an existing one is returned instead of a 409."""
+    async def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        exist_ok: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
+        """Create a session; with `exist_ok`, an existing one is returned instead of a 409.
+
+        `settings` are handed to the session's agent (`OpenAIAgent` reads `model`,
+        `system_prompt` and `temperature`); a value it refuses is a 400
+        (`HTTPStatusError`) and nothing is created. An existing session keeps its own.
+        """
+        body: dict[str, Any] = {"sessionId": session_id}
+        if settings is not None:
+            body["settings"] = settings
         try:
-            return await self._rest("POST", "sessions", {"sessionId": session_id})
+            return await self._rest("POST", "sessions", body)
         except HTTPStatusError as exc:
             if exist_ok and exc.status == 409 and session_id is not None:
                 return await self.get_session(session_id)
@@ -200,15 +214,17 @@ class AsyncChatClient:
         create: bool = True,
         after_seq: int | None = None,
         attach: bool = False,
+        settings: dict[str, Any] | None = None,
     ) -> AsyncSession:
         """A handle on a session, watched on this client's stream.
 
-        `create` makes the session if it does not exist; `after_seq` also delivers
-        the history after that seq (None: only new events); `attach` makes this
-        client the session's driver.
+        `create` makes the session if it does not exist, with `settings` for its
+        agent (see `create_session`); `after_seq` also delivers the history after
+        that seq (None: only new events); `attach` makes this client the session's
+        driver.
         """
         if create:
-            await self.create_session(session_id, exist_ok=True)
+            await self.create_session(session_id, exist_ok=True, settings=settings)
         handle = self.handle(session_id)
         handle.last_seq = await self.stream.watch(session_id, after_seq)
         if attach:

@@ -169,16 +169,20 @@ class ChatClient:
         create: bool = True,
         after_seq: int | None = None,
         attach: bool = False,
+        settings: dict[str, Any] | None = None,
         timeout: float | None = 30.0,
     ) -> Session:
-        """A handle on a session (created if missing, watched; see `AsyncChatClient.session`)."""
+        """A handle on a session (created if missing, with `settings` for its agent;
+        watched; see `AsyncChatClient.session`)."""
         handle = self._sessions.get(session_id)
         if handle is None:
             inbox = self._inboxes.setdefault(session_id, _Inbox())
             handle = Session(self, session_id, inbox)
             self._sessions[session_id] = handle
         handle.aio = self._call(
-            self.aio.session(session_id, create=create, after_seq=after_seq, attach=attach),
+            self.aio.session(
+                session_id, create=create, after_seq=after_seq, attach=attach, settings=settings
+            ),
             timeout,
         )
         handle._inbox.subscribe(handle.aio)
@@ -188,9 +192,15 @@ class ChatClient:
         """Every session on the server."""
         return self._call(self.aio.list_sessions())
 
-    def create_session(self, session_id: str | None = None, *, exist_ok: bool = False) -> Any:
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        exist_ok: bool = False,
+        settings: dict[str, Any] | None = None,
+    ) -> Any:
         """Create a session (see `AsyncChatClient.create_session`)."""
-        return self._call(self.aio.create_session(session_id, exist_ok=exist_ok))
+        return self._call(self.aio.create_session(session_id, exist_ok=exist_ok, settings=settings))
 
     def delete_session(self, session_id: str) -> None:
         """Delete a session."""

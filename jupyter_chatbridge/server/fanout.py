@@ -10,8 +10,9 @@ A seq is a promise: an event is shown to anyone (a receiver, the history, a
 watch's replay, `lastSeq`) only once the store has committed it, so a crash can
 never make a seq that a client saw mean something else. With a store that
 commits as it is written (memory) events are shown at once; otherwise they wait
-for the next group commit: every event published during one loop iteration, and
-while the previous commit ran, goes in one `flush`.
+for the next group commit: every event published during one loop iteration (and
+the next, so that an answer's `message_start` joins its user message), and while
+the previous commit ran, goes in one `flush`.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ class Fanout:
         self._unshown: list[_Unshown] = []
         self._committing = False  # a batch is taken from `_unshown` and being committed
         self._pump: asyncio.Task[None] | None = None
+        self._store_failing = False  # a commit failed and none has succeeded since
+        # `wait_shown` callers, released early when the store fails or closes.
+        self._shown_waiters: set[Callable[[], None]] = set()
         self.relay: Any = None
         """With a Redis store, the `RedisRelay`: Redis assigns seqs, and events are
         shown when the relay reads them back (relay.py)."""
@@ -119,6 +123,26 @@ class Fanout:
             action()
         else:
             self._unshown.append(action)
+
+    async def wait_shown(self) -> None:
+        """Return once every event published so far has been shown (at once if it has),
+        or as soon as the store fails to commit: then waiting would gain nothing."""
+        if self._store_failing:
+            return
+        shown: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def resolve() -> None:
+            if not shown.done():  # cancelled if the waiter was (a Stop)
+                shown.set_result(None)
+
+        self.after_shown(resolve)
+        if shown.done():
+            return
+        self._shown_waiters.add(resolve)
+        try:
+            await shown
+        finally:
+            self._shown_waiters.discard(resolve)
 
     def show_restored(self) -> None:
         """Commit and show what a restore published (a cut answer's closing events)
@@ -161,6 +185,9 @@ class Fanout:
     async def _show_when_durable(self) -> None:
         try:
             while self._unshown:
+                # One more loop pass first: a user message's answer publishes its
+                # `message_start` from another task, and it joins this commit.
+                await asyncio.sleep(0)
                 batch, self._unshown = self._unshown, []
                 self._committing = True
                 if not await self._commit():
@@ -177,24 +204,30 @@ class Fanout:
 
     async def _commit(self) -> bool:
         """Wait until everything published so far is durable; False if it never will be."""
-        failing = False
         while True:
             if self.store.closed:
                 # The server stops: the store committed what it could as it closed,
                 # and nobody is left to show anything to.
                 self._unshown.clear()
+                self._release_shown_waiters()
                 return False
             try:
                 await self.store.flush()
             except Exception as exc:
-                if not failing:  # once per outage, not once per attempt
+                if not self._store_failing:  # once per outage, not once per attempt
                     self._log.error("chatbridge: events wait for the store to commit: %s", exc)
-                failing = True
+                self._store_failing = True
+                self._release_shown_waiters()
                 await sleep(self._scheduler, COMMIT_RETRY_DELAY)
                 continue
-            if failing:
+            if self._store_failing:
+                self._store_failing = False
                 self._log.warning("chatbridge: the store commits again; showing waiting events")
             return True
+
+    def _release_shown_waiters(self) -> None:
+        for resolve in list(self._shown_waiters):
+            resolve()
 
     def show(self, session: Session, event: LoggedEvent) -> None:
         """Show an event that is durable already (the relay read it back from Redis)."""

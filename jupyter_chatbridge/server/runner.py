@@ -2,9 +2,10 @@
 
 Each answer is `message_start`, a `block_delta` per chunk the agent yields,
 an `error` if the agent raised, and `message_end` with its `reason`
-(`complete`, `error` or `stopped`), published through the fan-out. Runs start
-only when asked (`ensure`, `start_waiting`), never as a side effect of reading
-state.
+(`complete`, `error` or `stopped`), published through the fan-out. The agent
+is asked for its second chunk only once its first is shown (committed): that
+is the text a user waits for. Runs start only when asked (`ensure`,
+`start_waiting`), never as a side effect of reading state.
 
 Each answer streams in a task of its own, so Stop cancels that answer only:
 the agent's async generator is closed where it waits (an HTTP agent closes its
@@ -222,6 +223,11 @@ class AgentRunner:
                             session, EventType.BLOCK_DELTA, {"messageId": message_id, "text": chunk}
                         )
                         clock.output()
+                        if len(answer.parts) == 1:
+                            # The first text reaches the user before the rest is read: a
+                            # burst of chunks would keep the loop (and the GIL the store's
+                            # writer needs to commit it) busy meanwhile.
+                            await self._fanout.wait_shown()
             finally:
                 # Stopped or failed: close the generator now (its `finally` frees upstream).
                 aclose = getattr(chunks, "aclose", None)
