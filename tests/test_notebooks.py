@@ -117,11 +117,16 @@ async def test_python_client(kernel_env: None, tmp_path: Path, bridge: Any) -> N
     assert bridge.sessions.get("client-demo") is None  # the notebook deleted it
 
 
+# What notebook 03's agent that reads the conversation says of its example history.
+RECALLED = "Before this you asked 1 thing(s); last: 'what is a seq?' (stopped)."
+
+
 @pytest.mark.timeout(120)
 async def test_custom_agent(kernel_env: None, tmp_path: Path) -> None:
     nb = await run_notebook("03_custom_agent.ipynb", tmp_path)
-    tried, asked, panel, stopped = (text_of(nb.cells[i]) for i in (3, 7, 9, 11))
+    tried, recalled, asked, panel, stopped = (text_of(nb.cells[i]) for i in (3, 5, 9, 11, 13))
     assert tried.strip() == "[1] HELLO AGENT"
+    assert recalled.strip() == RECALLED
     assert asked.splitlines() == ["[1] HELLO CUSTOM AGENT", "[2] AND AGAIN"]
     assert panel.strip() == "[3] THE PANEL STREAMS IT TOO"
     assert "server stopped with" in stopped

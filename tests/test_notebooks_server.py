@@ -25,6 +25,7 @@ from . import notebook_openai
 from .kernel_channels import CellRun, RemoteKernel
 from .notebook_openai import FakeOpenAIProcess
 from .server_process import ServerProcess
+from .test_notebooks import RECALLED
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -122,8 +123,9 @@ async def test_custom_agent_in_a_kernel_of_a_real_server(server: ServerProcess) 
     """Its demo server runs beside the user's server, in the same folder: both must work."""
     await server.start()
     runs, _ = await run_notebook(server, "03_custom_agent.ipynb")
-    tried, asked, panel, stopped = (runs[i].text for i in (3, 7, 9, 11))
+    tried, recalled, asked, panel, stopped = (runs[i].text for i in (3, 5, 9, 11, 13))
     assert tried.strip() == "[1] HELLO AGENT"
+    assert recalled.strip() == RECALLED
     assert asked.splitlines() == ["[1] HELLO CUSTOM AGENT", "[2] AND AGAIN"]
     assert panel.strip() == "[3] THE PANEL STREAMS IT TOO"
     assert "server stopped with" in stopped
@@ -140,7 +142,7 @@ async def test_custom_agent_says_why_when_its_demo_server_never_comes_up(
     await server.start()
     nb = nbformat.read(NOTEBOOKS / "03_custom_agent.ipynb", as_version=4)
     code = [cell.source for cell in nb.cells if cell.cell_type == "code"]
-    start, wait = code[2], code[3]
+    start, wait = code[3], code[4]
     assert '"--ShoutAgent.delay=0.01",' in start
     broken = start.replace('"--ShoutAgent.delay=0.01",', '"--no-such-option",')
     kernel = RemoteKernel(server.url, server.token)
