@@ -344,12 +344,13 @@ class RedisStore:
     def _commit(self, writes: list[_Write]) -> None:
         if not writes:
             return
+        calls = _joined(writes)
         pipe = self.client.pipeline(transaction=False)
-        for kind, (keys, args) in writes:
+        for kind, (keys, args) in calls:
             self._scripts[kind](keys=keys, args=args, client=pipe)
         problems: list[str] = []
         for (kind, (keys, _args)), reply in zip(
-            writes, pipe.execute(raise_on_error=False), strict=True
+            calls, pipe.execute(raise_on_error=False), strict=True
         ):
             if not isinstance(reply, Exception):
                 continue
@@ -373,7 +374,7 @@ class RedisStore:
         keys = [k.meta(session_id), k.events(session_id), k.lease(session_id)]
         keys.append(k.writers(session_id))
         fence = self.fence.get(session_id, "")
-        args = [head, tail, event_type, self._max_events, fence, writer, counter]
+        args = [self._max_events, fence, writer, head, tail, event_type, counter]
         self._put(("append_next", (keys, args)))
         # Written at once, not after the group-commit window: no client sees the event
         # before Redis holds it, so a wait only delays them all. A burst still goes in
@@ -445,3 +446,17 @@ class RedisStore:
         ]
         session.last_seq = int(meta.get("seq", 0))
         return session
+
+
+def _joined(writes: list[_Write]) -> list[_Write]:
+    """The writes as script calls: consecutive ordered appends to one session under one
+    fence and writer become one call (a burst of deltas costs one script, not one each)."""
+    calls: list[_Write] = []
+    for kind, (keys, args) in writes:
+        if calls and kind == "append_next":
+            last_kind, (last_keys, last_args) = calls[-1]
+            if last_kind == kind and last_keys == keys and last_args[:3] == args[:3]:
+                calls[-1] = (kind, (keys, [*last_args, *args[3:]]))
+                continue
+        calls.append((kind, (keys, args)))
+    return calls

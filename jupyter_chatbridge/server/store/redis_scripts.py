@@ -81,22 +81,34 @@ return 1
 # around it: `head .. seq .. tail`. Every process shows an event only once its relay
 # read it back from the stream, so whatever anyone was shown is in Redis.
 
-# One write of a process's ordered writes to a session (an agent's answer): `writer`
-# and `counter` make a retry after a lost reply a no-op instead of a second event.
-# KEYS: meta, events, lease, writers. ARGV: head, tail, type, maxlen, fence, writer, counter.
+# A process's ordered writes to a session (an agent's answer), in order, one or many
+# events a call (the writer sends a burst's events together): `writer` and each event's
+# `counter` make a retry after a lost reply a no-op instead of a second event.
+# KEYS: meta, events, lease, writers.
+# ARGV: maxlen, fence, writer, then head, tail, type, counter for each event.
+# Returns the last seq written, -1 if every event was written before, 0 if no session.
 APPEND_NEXT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[2] then
   return redis.error_reply('CHATBRIDGE_FENCED the session is driven by another process')
 end
-local done = tonumber(redis.call('HGET', KEYS[4], ARGV[6]) or '0')
-if tonumber(ARGV[7]) <= done then return -1 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 't', ARGV[3],
-  'd', ARGV[1] .. seq .. ARGV[2])
-redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
-redis.call('EXPIRE', KEYS[4], 86400)
-return seq
+local done = tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '0')
+local last = -1
+for i = 4, #ARGV, 4 do
+  local counter = tonumber(ARGV[i + 3])
+  if counter > done then
+    local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 't', ARGV[i + 2],
+      'd', ARGV[i] .. seq .. ARGV[i + 1])
+    done = counter
+    last = seq
+  end
+end
+if last > 0 then
+  redis.call('HSET', KEYS[4], ARGV[3], done)
+  redis.call('EXPIRE', KEYS[4], 86400)
+end
+return last
 """
 
 # A user message, once per clientMsgId across every process: the receipt check, the
