@@ -1,8 +1,9 @@
 """A real `redis-server` (Debian's package) in a temp dir, for the Redis tests and bench.
 
 It runs with `appendonly yes` and `appendfsync always` (every acknowledged write is
-on disk) and no RDB snapshots, bound to 127.0.0.1 on a free port. `kill` (SIGKILL)
-and `start` again on the same dir and port stand for a crash and a restart.
+on disk; the bench also runs `everysec`) and no RDB snapshots, bound to 127.0.0.1 on
+a free port. `kill` (SIGKILL) and `start` again on the same dir and port stand for a
+crash and a restart.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process on a fixed port and data dir."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, appendfsync: str = "always") -> None:
         self.directory = directory
+        self.appendfsync = appendfsync
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -48,7 +50,7 @@ class RedisServer:
             "--bind", "127.0.0.1",
             "--dir", str(self.directory),
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.log),
