@@ -42,6 +42,11 @@ DEFAULT_PREFIX = "chatbridge"
 # a flush (a send waiting for its 202) or close sends at once.
 GROUP_COMMIT_WINDOW = 0.01
 
+# An ordered append (an event no client sees before Redis holds it) is sent at once,
+# unless more writes wait behind it: then it is a burst (an agent's fast answer), and
+# its appends gather this long, so they go in few calls.
+BURST_WINDOW = 0.002
+
 # Writes kept for the next attempt while Redis is unreachable; past this many the
 # oldest are dropped, loudly.
 MAX_BACKLOG = 200_000
@@ -285,7 +290,13 @@ class RedisStore:
         failing = False
         while not stopping:
             batch = [self._queue.get()]
-            if not isinstance(batch[0], _Barrier) and batch[0] is not _STOP:
+            first = batch[0]
+            if isinstance(first, _Barrier) or first is _STOP:
+                pass
+            elif first[0] == "append_next":
+                if not self._queue.empty():  # more behind it: a burst
+                    self._wake.wait(BURST_WINDOW)
+            else:
                 self._wake.wait(GROUP_COMMIT_WINDOW)
             self._wake.clear()
             with contextlib.suppress(queue.Empty):
@@ -375,11 +386,7 @@ class RedisStore:
         keys.append(k.writers(session_id))
         fence = self.fence.get(session_id, "")
         args = [self._max_events, fence, writer, head, tail, event_type, counter]
-        self._put(("append_next", (keys, args)))
-        # Written at once, not after the group-commit window: no client sees the event
-        # before Redis holds it, so a wait only delays them all. A burst still goes in
-        # few round trips: what queues during one write is sent together by the next.
-        self._wake.set()
+        self._put(("append_next", (keys, args)))  # sent at once, or with its burst
 
     def end(self, session_id: str, head: str, tail: str, linger: int = 300) -> None:
         """Queue: the session's `session_ended` event, then the session is gone."""
