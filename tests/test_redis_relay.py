@@ -85,7 +85,8 @@ def bridges(redis_url: str, jp_asyncio_loop: Any) -> Iterator[Callable[[], ChatB
     yield make
     for bridge in made:
         jp_asyncio_loop.run_until_complete(bridge.shutdown())
-        bridge.store.close()
+        assert isinstance(bridge.store, RedisStore)
+        jp_asyncio_loop.run_until_complete(bridge.store.aclose())
 
 
 async def test_a_watch_after_a_seq_this_process_has_not_read_yet_never_repeats_it(

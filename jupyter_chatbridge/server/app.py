@@ -26,6 +26,7 @@ from .handlers.events import FlushBatcher, Heartbeat
 from .limits import limit_traits, limits_from
 from .metrics import NO_METRICS, BridgeMetrics
 from .store import MEMORY, StoreError, StoreLocked, open_store
+from .store.redis import RedisStore
 
 if TYPE_CHECKING:
     _LimitTraits = Configurable
@@ -186,7 +187,11 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
             return  # never loaded
         self.heartbeat.stop()
         await self.bridge.shutdown()
-        self.bridge.store.close()
+        store = self.bridge.store
+        if isinstance(store, RedisStore):
+            await store.aclose()  # its event-loop connections too
+        else:
+            store.close()
         # Leave the process environment as we found it (several servers may share a process).
         for name, value in getattr(self, "_saved_environ", {}).items():
             if value is None:

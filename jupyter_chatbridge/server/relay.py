@@ -189,8 +189,8 @@ class RedisRelay:
         fields = {"clientMsgId": client_msg_id, "text": text, "connectionId": sender}
         head, tail = event_pieces(session.id, EventType.USER_MESSAGE, fields)
         try:
-            seq, duplicate = await asyncio.to_thread(
-                self.store.send_message, session.id, client_msg_id, head, tail, self._max_receipts
+            seq, duplicate = await self.store.send_message_async(
+                session.id, client_msg_id, head, tail, self._max_receipts
             )
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None

@@ -30,6 +30,7 @@ from .base import StoredSession, StoreError
 
 try:
     import redis
+    import redis.asyncio
 except ImportError:  # pragma: no cover - the extra is missing: open_store says so
     redis = None  # type: ignore[assignment]
 
@@ -144,6 +145,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self._closed = False
         self._wake = threading.Event()
+        self._aio: Any = None  # the loop's connections (send_message_async), made on first use
+        self._aio_send: Any = None
         self.client = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -413,6 +416,33 @@ class RedisStore:
         args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
         seq, duplicate = self._scripts["send"](keys=keys, args=args)
         return int(seq), bool(duplicate)
+
+    async def send_message_async(
+        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
+    ) -> tuple[int, bool]:
+        """`send_message` from the event loop, on an asyncio connection of the loop's
+        own: a send waits for Redis, not for a thread as well. Close with `aclose`."""
+        if self._aio_send is None:
+            self._aio = redis.asyncio.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+            )
+            self._aio_send = self._aio.register_script(redis_scripts.SEND)
+        k = self.keys
+        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
+        args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
+        seq, duplicate = await self._aio_send(keys=keys, args=args)
+        return int(seq), bool(duplicate)
+
+    async def aclose(self) -> None:
+        """`close`, and the event loop's connections too."""
+        self.close()
+        if self._aio is not None:
+            self._aio, aio = None, self._aio
+            self._aio_send = None
+            await aio.aclose()
 
     def take_lease(self, session_id: str, token: str, ms: int) -> int | None:
         """Blocking: become the session's agent owner if nobody is (SET NX PX).
