@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.server.store import SessionStore
 from jupyter_chatbridge.testing.seam import install_fault_seam
 
+from .agents import GateAgent
 from .fake_openai import FakeOpenAI
 from .redis_support import RedisServer
 from .server_process import ServerProcess
@@ -160,3 +162,12 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield make
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def gate() -> Iterator[asyncio.Event]:
+    """Holds every `GateAgent` answer until the test sets it (set again at the end)."""
+    GateAgent.gate = asyncio.Event()
+    GateAgent.runs = []
+    yield GateAgent.gate
+    GateAgent.gate.set()

@@ -53,14 +53,6 @@ def make_client(
         jp_asyncio_loop.run_until_complete(client.close())
 
 
-@pytest.fixture
-def gate() -> Iterator[asyncio.Event]:
-    GateAgent.gate = asyncio.Event()
-    GateAgent.runs = []
-    yield GateAgent.gate
-    GateAgent.gate.set()
-
-
 async def _watching(
     make_client: ClientFactory, **options: Any
 ) -> tuple[AsyncChatClient, AsyncSession, list[StatusChange], list[dict]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,14 +54,6 @@ class Delta:
 
 def _send(sid: str, msg_id: str, text: str = "hi") -> dict[str, str]:
     return {"sessionId": sid, "clientMsgId": msg_id, "text": text}
-
-
-@pytest.fixture
-def gate() -> Iterator[asyncio.Event]:
-    GateAgent.gate = asyncio.Event()
-    GateAgent.runs = []
-    yield GateAgent.gate
-    GateAgent.gate.set()
 
 
 ANSWER = 5  # user_message, message_start, "working ", "done", message_end (GateAgent)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,14 +11,6 @@ from jupyter_chatbridge.server.bridge import ChatBridge
 
 from .agents import FailingAgent, GateAgent
 from .support import Api, StreamFactory, eventually, new_cid
-
-
-@pytest.fixture
-def gate() -> Iterator[asyncio.Event]:
-    GateAgent.gate = asyncio.Event()
-    GateAgent.runs = []
-    yield GateAgent.gate
-    GateAgent.gate.set()
 
 
 async def _watcher(api: Api, streams: StreamFactory, sid: str):

@@ -30,7 +30,6 @@ from .widget_support import (  # noqa: F401 - fixtures
     close,
     connected,
     enter,
-    gate,
     idle,
     make_widget,
     messages,

@@ -22,7 +22,6 @@ from .support import eventually
 from .widget_support import (  # noqa: F401 - fixtures
     WidgetFactory,
     connected,
-    gate,
     idle,
     make_widget,
     messages,

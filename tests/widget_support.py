@@ -20,7 +20,6 @@ import pytest
 
 from jupyter_chatbridge import ChatWidget
 
-from .agents import GateAgent
 from .support import eventually
 
 
@@ -153,14 +152,6 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def gate() -> Iterator[asyncio.Event]:
-    GateAgent.gate = asyncio.Event()
-    GateAgent.runs = []
-    yield GateAgent.gate
-    GateAgent.gate.set()
 
 
 def typed(widget: ChatWidget, text: str) -> None:

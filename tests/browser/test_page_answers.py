@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,14 +21,6 @@ from ..support import Api
 from .conftest import Browser
 
 expect = pytest.importorskip("playwright.async_api").expect
-
-
-@pytest.fixture
-def gate() -> Iterator[asyncio.Event]:
-    GateAgent.gate = asyncio.Event()
-    GateAgent.runs = []
-    yield GateAgent.gate
-    GateAgent.gate.set()
 
 
 async def _debug(page: Any) -> dict[str, Any]:
