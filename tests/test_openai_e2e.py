@@ -112,7 +112,11 @@ async def test_stop_closes_the_upstream_stream_and_the_next_message_is_answered(
     stream = await _watch(api, streams, "s1")
     fake_openai.script(stall_after(1, "Partial ", "never sent"))  # then the default echo
     await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": "c1", "text": "long"})
-    await api.ok("POST", "send", body={"sessionId": "s1", "clientMsgId": "c2", "text": "next"})
+    queued = await api.ok(
+        "POST", "send", body={"sessionId": "s1", "clientMsgId": "c2", "text": "next"}
+    )
+    # Its answer's id is m<its seq>: 3 if the first answer started before it arrived.
+    next_answer = f"m{queued['seq']}"
     await stream.wait_for(
         lambda s: any(e.get("text") == "Partial " for e in s.session_events(None))
     )
@@ -123,13 +127,12 @@ async def test_stop_closes_the_upstream_stream_and_the_next_message_is_answered(
     assert (stopped["stopped"], stopped["reason"]) == ("m1", "stopped")
     await upstream.wait_disconnected()  # the fake saw its client go away
     assert not upstream.finished
-    await stream.wait_for(lambda s: _ended(s, "m3"))
+    await stream.wait_for(lambda s: _ended(s, next_answer))
     events = stream.session_events(None)
     ends = {e["messageId"]: e["reason"] for e in events if e["type"] == "message_end"}
-    assert ends == {"m1": "stopped", "m3": "complete"}  # m<seq of the message answered>
-    assert "".join(e["text"] for e in events if e.get("messageId") == "m3" and "text" in e) == (
-        "You said: next"
-    )
+    assert ends == {"m1": "stopped", next_answer: "complete"}  # m<seq of the message answered>
+    texts = [e["text"] for e in events if e.get("messageId") == next_answer and "text" in e]
+    assert "".join(texts) == "You said: next"
     # The stopped answer is in the next request's context, partial and marked as stopped.
     second = fake_openai.chat_requests[1].body["messages"]
     assert [m["role"] for m in second] == ["user", "assistant", "user"]
