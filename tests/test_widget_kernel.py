@@ -64,6 +64,22 @@ print(json.dumps({"calls": calls, "rows": rows, "closed": w.comm is None}))
 """
 
 
+def _notebook(tmp_path: Path, *codes: str) -> tuple[Any, NotebookClient]:
+    """A notebook of these code cells and the client that runs them in a real kernel."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code) for code in codes]
+    client = NotebookClient(
+        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    return nb, client
+
+
+def _assert_no_errors(nb: Any) -> None:
+    for cell in nb.cells:
+        for output in cell.outputs:
+            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+
+
 def _printed(cell: Any) -> dict[str, Any]:
     text = "".join(o.get("text", "") for o in cell.outputs if o["output_type"] == "stream")
     return dict(json.loads(text.strip().splitlines()[-1]))
@@ -74,15 +90,9 @@ async def test_widgets_are_made_and_closed_on_the_kernel_thread_while_answers_st
     kernel_env: None,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code) for code in (RECORD, OPEN, BUSY, CLOSE)]
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
+    nb, client = _notebook(tmp_path, *(RECORD, OPEN, BUSY, CLOSE))
     await client.async_execute()
-    for cell in nb.cells:
-        for output in cell.outputs:
-            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    _assert_no_errors(nb)
     assert _printed(nb.cells[2]) == {"streamed": True}  # drawn while the cell was busy
     result = _printed(nb.cells[3])
     assert result["closed"] and result["rows"] == 2  # the rows were made after the cell
@@ -124,15 +134,9 @@ async def test_a_cell_run_again_leaves_one_panel_and_close_leaves_nothing(
     kernel_env: None,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code) for code in (RECORD, RERUN, CLOSE_ELSEWHERE, AFTER)]
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
+    nb, client = _notebook(tmp_path, *(RECORD, RERUN, CLOSE_ELSEWHERE, AFTER))
     await client.async_execute()
-    for cell in nb.cells:
-        for output in cell.outputs:
-            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    _assert_no_errors(nb)
     assert _printed(nb.cells[1]) == {"threads": ["chatbridge-widget-rerun"]}
     assert _printed(nb.cells[2]) == {"threads": [], "open_until_the_cell_ends": True}
     assert _printed(nb.cells[3]) == {"closed": True, "comms_left": 0, "off_main": []}
@@ -193,11 +197,7 @@ async def test_stop_in_a_real_kernel_keeps_the_partial_answer_and_the_next_is_an
     tmp_path: Path,
 ) -> None:
     GateAgent.gate, GateAgent.runs = asyncio.Event(), []
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(code) for code in (STOP_OPEN, STOP_CLICK, STOP_AFTER)]
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
+    nb, client = _notebook(tmp_path, *(STOP_OPEN, STOP_CLICK, STOP_AFTER))
     try:
         async with client.async_setup_kernel():
             for index, cell in enumerate(nb.cells):
@@ -206,9 +206,7 @@ async def test_stop_in_a_real_kernel_keeps_the_partial_answer_and_the_next_is_an
                 await client.async_execute_cell(cell, index)
     finally:
         GateAgent.gate.set()
-    for cell in nb.cells:
-        for output in cell.outputs:
-            assert output["output_type"] != "error", "\n".join(output.get("traceback", []))
+    _assert_no_errors(nb)
     stopped, second = _printed(nb.cells[1])["answers"]
     assert stopped == {"text": "working ", "done": True, "ended": "stopped"}
     assert (second["done"], second["ended"]) == (False, None)  # the queued one, streaming
