@@ -161,7 +161,7 @@ class ScriptedFlush(MemoryStore):
         super().__init__()
         self.waiting: list[asyncio.Future[None]] = []
 
-    async def flush(self) -> None:
+    async def flush(self, urgent: bool = False) -> None:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
         await future

@@ -198,10 +198,10 @@ class FailingFlush:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    async def flush(self) -> None:
+    async def flush(self, urgent: bool = False) -> None:
         if not self.healed:
             raise StoreError("chatbridge session store /x: could not save 1 writes (disk full)")
-        await self.store.flush()
+        await self.store.flush(urgent)
 
 
 async def test_a_send_the_store_could_not_save_is_503_and_a_retry_is_accepted(

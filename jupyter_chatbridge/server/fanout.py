@@ -12,7 +12,9 @@ never make a seq that a client saw mean something else. With a store that
 commits as it is written (memory) events are shown at once; otherwise they wait
 for the next group commit: every event published during one loop iteration (and
 the next, so that an answer's `message_start` joins its user message), and while
-the previous commit ran, goes in one `flush`.
+the previous commit ran, goes in one `flush`. A batch someone waits for (anything
+but a run of an answer's text) is an urgent flush: committed at once, on the loop,
+if it is small (sqlite_commit.py).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ COMMIT_RETRY_DELAY = 1.0
 # An event to show once it is durable, or an action to run once everything
 # published before it was shown.
 _Unshown = tuple[Session, LoggedEvent] | Callable[[], None]
+
+
+def _urgent(batch: list[_Unshown]) -> bool:
+    """Whether someone waits for this batch: anything but a run of an answer's text
+    (a user message, an answer's start or end, a runner waiting for its first text)."""
+    return any(callable(item) or item[1].type != EventType.BLOCK_DELTA for item in batch)
 
 
 class FrameSink(Protocol):
@@ -190,7 +198,7 @@ class Fanout:
                 await asyncio.sleep(0)
                 batch, self._unshown = self._unshown, []
                 self._committing = True
-                if not await self._commit():
+                if not await self._commit(_urgent(batch)):
                     return
                 self._committing = False
                 for item in batch:
@@ -202,7 +210,7 @@ class Fanout:
             self._committing = False
             self._pump = None
 
-    async def _commit(self) -> bool:
+    async def _commit(self, urgent: bool) -> bool:
         """Wait until everything published so far is durable; False if it never will be."""
         while True:
             if self.store.closed:
@@ -212,7 +220,7 @@ class Fanout:
                 self._release_shown_waiters()
                 return False
             try:
-                await self.store.flush()
+                await self.store.flush(urgent)
             except Exception as exc:
                 if not self._store_failing:  # once per outage, not once per attempt
                     self._log.error("chatbridge: events wait for the store to commit: %s", exc)

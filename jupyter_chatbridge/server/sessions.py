@@ -325,6 +325,9 @@ class SessionService:
         result = self.send(session_id, client_msg_id, text, connection_id, owner)
         log = self.session(session_id).log
         try:
+            # Watchers are shown the message before its sender hears back, in the commit
+            # that also holds its answer's start (this commit is then a no-op).
+            await self._fanout.wait_shown()
             # A duplicate waits too: its first answer may have been a 503 whose write
             # is being retried (or was just written again).
             await self.commit()
@@ -356,7 +359,7 @@ class SessionService:
     async def commit(self) -> None:
         """Wait until everything so far is durable; any store failure is a 503 busy."""
         try:
-            await self.store.flush()
+            await self.store.flush(urgent=True)  # a client waits for exactly this
         except Exception as exc:
             raise self._not_durable(
                 f"not saved durably yet; retry the same request: {exc}"

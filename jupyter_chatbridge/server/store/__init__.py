@@ -1,7 +1,8 @@
 """The durable session store: `SessionStore` (base), `MemoryStore`, `SqliteStore`, `RedisStore`.
 
 `base` holds the protocol every store keeps and its errors; `memory` the
-in-process store; `sqlite` the file store and its writer thread; `lock` the
+in-process store; `sqlite` the file store (`sqlite_schema` its tables,
+`sqlite_commit` how it commits: in groups on a writer thread); `lock` the
 one-server-per-file lock; `redis` the store many server processes share
 (`redis_scripts` its atomic writes).
 """
@@ -13,7 +14,9 @@ from pathlib import Path
 from ..metrics import NO_METRICS, BridgeMetrics
 from .base import MEMORY, SessionStore, StoredSession, StoreError, StoreLocked
 from .memory import MemoryStore
-from .sqlite import GROUP_COMMIT_WINDOW, MAX_BACKLOG, SCHEMA_VERSION, SqliteStore
+from .sqlite import SqliteStore
+from .sqlite_commit import GROUP_COMMIT_WINDOW, MAX_BACKLOG
+from .sqlite_schema import SCHEMA_VERSION
 
 __all__ = [
     "GROUP_COMMIT_WINDOW",

@@ -80,8 +80,12 @@ class SessionStore(Protocol):
         """Forget events before `first_event_seq`, receipts before `first_receipt_seq`."""
         ...
 
-    async def flush(self) -> None:
-        """Resolve once everything submitted before this call is committed (or raise)."""
+    async def flush(self, urgent: bool = False) -> None:
+        """Resolve once everything submitted before this call is committed (or raise).
+
+        `urgent`: someone is waiting for exactly this (a send for its `202`, watchers
+        for a user message); a store may then commit a small batch at once rather
+        than with its next group."""
         ...
 
     def close(self) -> None:

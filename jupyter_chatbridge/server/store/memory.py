@@ -97,7 +97,7 @@ class MemoryStore:
         for key in stale:
             del session.receipts[key]
 
-    async def flush(self) -> None:
+    async def flush(self, urgent: bool = False) -> None:
         """Everything is applied at once: nothing to wait for."""
         if self._closed:
             raise StoreError("the session store is closed")

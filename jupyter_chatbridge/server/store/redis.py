@@ -253,8 +253,9 @@ class RedisStore:
         keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
         self._put(("trim", (keys, [first_event_seq, first_receipt_seq])))
 
-    async def flush(self) -> None:
-        """Resolve when every write queued before this call is in Redis (or raise)."""
+    async def flush(self, urgent: bool = False) -> None:
+        """Resolve when every write queued before this call is in Redis (or raise).
+        Urgent or not: the writer sends an ordered append at once anyway."""
         loop = asyncio.get_running_loop()
         barrier = _Barrier(loop, loop.create_future())
         self._put(barrier)
