@@ -360,7 +360,7 @@ class ChatBridge:
         self.metrics.untrack(self)
         await self.runner.stop()
         if self.relay is not None:
-            self.relay.stop()
+            await self.relay.stop()
         await self.fanout.stop()
         self.fanout.end_all(CloseCode.GOING_AWAY, "server stopping")
         await self.runner.close_agents(self.sessions)

@@ -2,10 +2,11 @@
 
 Many server processes share one Redis (`RedisStore`). No process can know a
 session's next seq, so Redis assigns it (redis_scripts: `SEND`, `APPEND_NEXT`,
-`END`), and no process shows an event it wrote itself: one thread per process
-runs an `XREAD BLOCK` loop over the stream of every session the process holds,
-from the last seq it has, and hands what it reads to the event loop, which logs
-it (`EventLog.ingest`) and shows it through the fan-out like any event. So every
+`END`), and no process shows an event it wrote itself: one task on the event
+loop runs an `XREAD BLOCK` loop (redis-py's asyncio client) over the stream of
+every session the process holds, from the last seq it has, logs what it reads
+(`EventLog.ingest`) and shows it through the fan-out like any event. On the loop,
+not a thread: a thread would hand each batch over and fight the loop for the GIL. So every
 client of every process sees each event exactly once, in seq order, with no gap,
 and only once Redis holds it: a seq is a promise across processes too.
 
@@ -20,7 +21,6 @@ import contextlib
 import itertools
 import json
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from typing import Any
 
 try:
     import redis
+    import redis.asyncio
 except ImportError:  # pragma: no cover - only a RedisStore, which needs the extra, has a relay
     redis = None  # type: ignore[assignment]
 
@@ -77,14 +78,11 @@ class RedisRelay:
         self._now = now
         self._log = log
         self._counter = itertools.count(1)
-        self._lock = threading.Lock()  # guards `_positions` between the loop and the reader
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, int] = {}  # the seq read so far, by session
         self._tracked: dict[str, Session] = {}
         self._ended: set[str] = set()  # deleted here, its `session_ended` not read back yet
         self._notices_from = "$"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._reader: asyncio.Task[None] | None = None
         self._changed: dict[str, asyncio.Event] = {}
         self.on_input: Callable[[Session], None] = lambda session: None
         """Called when a session has a message to answer (the leased runner's `ensure`)."""
@@ -95,29 +93,26 @@ class RedisRelay:
 
     def start(self) -> None:
         """Start reading (needs the running loop)."""
-        if self._thread is not None:
+        if self._reader is not None:
             return
-        self._loop = asyncio.get_running_loop()
         try:
             newest: Any = self.store.client.xrevrange(self.store.keys.notices, count=1)
             self._notices_from = str(newest[0][0]) if newest else "0-0"
         except redis.RedisError:
             self._notices_from = "0-0"
-        self._thread = threading.Thread(target=self._read, name="chatbridge-relay", daemon=True)
-        self._thread.start()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop reading; idempotent."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     def track(self, session: Session) -> None:
         """Read this session's stream from the seq its log has."""
         self._tracked[session.id] = session
-        with self._lock:
-            self._positions[session.id] = session.log.last_seq
+        self._positions[session.id] = session.log.last_seq
 
     def holds(self, session: Session) -> bool:
         """True while this process reads the session (it was not deleted)."""
@@ -126,8 +121,7 @@ class RedisRelay:
     def _untrack(self, session_id: str) -> None:
         self._tracked.pop(session_id, None)
         self._changed.pop(session_id, None)
-        with self._lock:
-            self._positions.pop(session_id, None)
+        self._positions.pop(session_id, None)
 
     # -- finding sessions other processes created -----------------------------------------
 
@@ -257,28 +251,28 @@ class RedisRelay:
             await self.shown(session, newest)
             return
 
-    # -- the reader thread ----------------------------------------------------------------
+    # -- the reader ----------------------------------------------------------------------
 
-    def _read(self) -> None:
-        client = redis.Redis.from_url(
+    async def _read(self) -> None:
+        # A connection of its own: an XREAD BLOCK holds it while it waits.
+        client = redis.asyncio.Redis.from_url(
             self.store.url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5
         )
         keys = self.store.keys
         failing = False
         try:
-            while not self._stopping.is_set():
-                with self._lock:
-                    streams: dict[Any, Any] = {
-                        keys.events(sid): f"{seq}-0" for sid, seq in self._positions.items()
-                    }
+            while True:
+                streams: dict[Any, Any] = {
+                    keys.events(sid): f"{seq}-0" for sid, seq in self._positions.items()
+                }
                 streams[keys.notices] = self._notices_from
                 try:
-                    replies: Any = client.xread(streams, count=1000, block=READ_BLOCK_MS)
+                    replies: Any = await client.xread(streams, count=1000, block=READ_BLOCK_MS)
                 except redis.RedisError as exc:
                     if not failing:  # once per outage
                         self._log.error("chatbridge: relay cannot read from Redis: %s", exc)
                     failing = True
-                    self._stopping.wait(READ_RETRY_DELAY)
+                    await asyncio.sleep(READ_RETRY_DELAY)
                     continue
                 if failing:
                     self._log.warning("chatbridge: relay reads from Redis again")
@@ -286,27 +280,21 @@ class RedisRelay:
                 for stream, entries in replies or []:
                     self._received(stream, entries)
         finally:
-            client.close()
+            await client.aclose()
 
     def _received(self, stream: str, entries: list[tuple[str, dict[str, str]]]) -> None:
         keys = self.store.keys
         if stream == keys.notices:
             self._notices_from = entries[-1][0]
-            self._to_loop(self._on_notices, [fields for _, fields in entries])
+            self._on_notices([fields for _, fields in entries])
             return
         session_id = stream[len(keys.prefix) + 3 : -len(":events")]
         events = [
             LoggedEvent(int(entry_id.split("-")[0]), f["t"], f["d"]) for entry_id, f in entries
         ]
-        with self._lock:
-            if session_id in self._positions:
-                self._positions[session_id] = max(self._positions[session_id], events[-1].seq)
-        self._to_loop(self._ingest, session_id, events)
-
-    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed: the server stops
-                self._loop.call_soon_threadsafe(callback, *args)
+        if session_id in self._positions:
+            self._positions[session_id] = max(self._positions[session_id], events[-1].seq)
+        self._ingest(session_id, events)
 
     # -- on the loop ----------------------------------------------------------------------
 
