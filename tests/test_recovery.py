@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from jupyter_chatbridge.server.recovery import INTERRUPTED_MESSAGE, Recovery, recover
@@ -90,3 +91,30 @@ def test_recover_reads_and_never_changes_the_log() -> None:
     recover(events)
     recover(events)
     assert events == before
+
+
+class Counted(list[LoggedEvent]):
+    """A log that counts how many events `recover` reads, in either direction."""
+
+    read = 0
+
+    def __iter__(self) -> Iterator[LoggedEvent]:
+        for event in super().__iter__():
+            self.read += 1
+            yield event
+
+    def __reversed__(self) -> Iterator[LoggedEvent]:
+        for event in super().__reversed__():
+            self.read += 1
+            yield event
+
+
+def test_a_long_conversation_is_read_only_back_to_the_last_answered_message() -> None:
+    # An agent run recovers before each answer: its cost must not grow with the history.
+    turns = [
+        e for n in range(1, 2001, 4) for e in (user(f"u{n}", "q"), start(n), delta(n, "a"), end(n))
+    ]
+    events = Counted(log(*turns, user("last", "waiting")))
+    assert len(events) == 2001
+    assert recover(events) == Recovery(requeue=[PendingInput(2001, "last", "waiting", None)])
+    assert events.read <= 6  # the waiting message, then back to the answered one

@@ -323,7 +323,7 @@ class ChatBridge:
                 stored.last_seq,
                 stored.receipts,
             )
-            recovery = recover(session.log.after(0))
+            recovery = recover(session.log.retained)
             if recovery.cut_answer is not None:
                 self.log.warning(
                     "chatbridge: session %s: closing answer %s, cut short by the restart",

@@ -77,7 +77,7 @@ class LeasedRunner(AgentRunner):
         owned = False
         try:
             try:
-                taken = await asyncio.to_thread(store.take_lease, session.id, token, self._lease_ms)
+                taken = await store.take_lease(session.id, token, self._lease_ms)
             except Exception:
                 return  # Redis is away: the next sweep tries again
             if taken is None:
@@ -95,7 +95,7 @@ class LeasedRunner(AgentRunner):
                 session.running = False
                 store.fence.pop(session.id, None)
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(store.release_lease, session.id, token)
+                    await store.release_lease(session.id, token)
         finally:
             if self.runs.get(session.id) is asyncio.current_task():
                 del self.runs[session.id]
@@ -118,7 +118,7 @@ class LeasedRunner(AgentRunner):
                 first = False
             else:
                 await relay.caught_up(session)
-            recovery = recover(session.log.after(0))
+            recovery = recover(session.log.retained)
             if recovery.cut_answer is not None:
                 self._log.warning(
                     "chatbridge: session %s: closing answer %s, its process stopped",
@@ -138,7 +138,7 @@ class LeasedRunner(AgentRunner):
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             try:
-                held = await asyncio.to_thread(store.renew_lease, session.id, token, self._lease_ms)
+                held = await store.renew_lease(session.id, token, self._lease_ms)
             except Exception:
                 continue  # Redis is away: the fence stops us if another took over meanwhile
             if not held:

@@ -11,7 +11,7 @@ with reason `interrupted`), and which user messages to queue for the agent again
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Reversible
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,26 +34,44 @@ class Recovery:
     """Accepted user messages no answer was started for, oldest first."""
 
 
-def recover(events: Iterable[LoggedEvent]) -> Recovery:
-    """Close an answer cut by the restart; queue accepted messages never answered."""
+def recover(events: Reversible[LoggedEvent]) -> Recovery:
+    """Close an answer cut by the restart; queue accepted messages never answered.
+
+    `events` is the log, oldest first. It is read from the newest back, only as far
+    as the user message the newest answer replied to: an agent run calls this before
+    each answer, and a long conversation must not make every answer parse it all.
+    """
     open_answer: str | None = None
     open_has_error = False
-    answered = 0  # the highest user-message seq an answer was started for
-    user_messages: list[LoggedEvent] = []
-    for event in events:
+    answered: int | None = None  # the user-message seq the newest answer replied to
+    newest_start_seen = False
+    ended = False  # a `message_end` came after the newest start
+    errored = False  # an `error` came after the newest start
+    waiting: list[LoggedEvent] = []  # user messages after `answered`, newest first
+    for event in reversed(events):
+        if answered is not None and event.seq <= answered:
+            break  # everything older was answered
         # Only the few control events are parsed; deltas are skipped by type.
-        if event.type == EventType.MESSAGE_START:
+        if event.type == EventType.USER_MESSAGE:
+            waiting.append(event)
+        elif newest_start_seen:
+            if event.type == EventType.MESSAGE_START and answered is None:
+                # The newest start replied to nothing: an older one says what was answered.
+                reply_to = json.loads(event.data).get("replyTo")
+                if isinstance(reply_to, int):
+                    answered = reply_to
+        elif event.type == EventType.MESSAGE_END:
+            ended = True
+        elif event.type == EventType.ERROR:
+            errored = True
+        elif event.type == EventType.MESSAGE_START:
+            newest_start_seen = True
             start = json.loads(event.data)
-            open_answer, open_has_error = start.get("messageId"), False
+            if not ended:
+                open_answer, open_has_error = start.get("messageId"), errored
             reply_to = start.get("replyTo")
             if isinstance(reply_to, int):
-                answered = max(answered, reply_to)
-        elif event.type == EventType.MESSAGE_END:
-            open_answer = None
-        elif event.type == EventType.ERROR and open_answer is not None:
-            open_has_error = True
-        elif event.type == EventType.USER_MESSAGE:
-            user_messages.append(event)
+                answered = reply_to
     append: list[tuple[str, dict[str, Any]]] = []
     if open_answer is not None:
         if not open_has_error:
@@ -64,8 +82,8 @@ def recover(events: Iterable[LoggedEvent]) -> Recovery:
             (EventType.MESSAGE_END, {"messageId": open_answer, "reason": Ending.INTERRUPTED})
         )
     requeue = []
-    for event in user_messages:
-        if event.seq <= answered:
+    for event in reversed(waiting):
+        if answered is not None and event.seq <= answered:
             continue
         body = json.loads(event.data)
         requeue.append(

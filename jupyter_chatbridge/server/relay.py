@@ -149,7 +149,7 @@ class RedisRelay:
         return session
 
     def _rebuild_pending(self, session: Session) -> None:
-        recovery = recover(session.log.after(0))
+        recovery = recover(session.log.retained)
         session.pending.clear()
         session.pending.extend(recovery.requeue)
         if recovery.cut_answer is not None:
@@ -234,7 +234,7 @@ class RedisRelay:
         if session.log.shown_seq >= seq:
             return
         try:
-            newest = await asyncio.to_thread(self.store.last_seq, session.id)
+            newest = await self.store.last_seq(session.id)
         except redis.RedisError as exc:
             raise self.unavailable(exc) from None
         await self.shown(session, min(seq, newest), SHOWN_TIMEOUT)
@@ -244,7 +244,7 @@ class RedisRelay:
         while not self.store.closed:
             try:
                 await self.store.flush()
-                newest = await asyncio.to_thread(self.store.last_seq, session.id)
+                newest = await self.store.last_seq(session.id)
             except Exception:
                 await asyncio.sleep(READ_RETRY_DELAY)  # Redis is away: its outage is logged
                 continue

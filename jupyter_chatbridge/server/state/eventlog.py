@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from ...protocol import dumps, sse_payload
@@ -128,6 +128,11 @@ class EventLog:
     def last_seq(self) -> int:
         """The seq of the newest event, 0 before the first."""
         return self._last_seq
+
+    @property
+    def retained(self) -> Sequence[LoggedEvent]:
+        """Every event held, oldest first (shown or not): a view, not a copy."""
+        return self._events
 
     @property
     def first_seq(self) -> int:

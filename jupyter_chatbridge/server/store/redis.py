@@ -55,6 +55,13 @@ MAX_BACKLOG = 200_000
 # Seconds a command may take before the writer counts Redis as unreachable.
 SOCKET_TIMEOUT = 5.0
 
+# The scripts run on the event loop's client.
+_LOOP_SCRIPTS = {
+    "send": redis_scripts.SEND,
+    "renew": redis_scripts.LEASE_RENEW,
+    "release": redis_scripts.LEASE_RELEASE,
+}
+
 MISSING_EXTRA = (
     "c.ChatBridgeApp.store_url names a Redis store, but the redis package is not "
     'installed: pip install "jupyter_chatbridge[redis]"'
@@ -145,8 +152,8 @@ class RedisStore:
         self._lock = threading.Lock()
         self._closed = False
         self._wake = threading.Event()
-        self._aio: Any = None  # the loop's connections (send_message_async), made on first use
-        self._aio_send: Any = None
+        self._aio: Any = None  # the event loop's client (`_on_loop`)
+        self._aio_scripts: dict[str, Any] = {}
         self.client = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -161,9 +168,6 @@ class RedisStore:
             "trim": self.client.register_script(redis_scripts.TRIM),
             "append_next": self.client.register_script(redis_scripts.APPEND_NEXT),
             "end": self.client.register_script(redis_scripts.END),
-            "send": self.client.register_script(redis_scripts.SEND),
-            "renew": self.client.register_script(redis_scripts.LEASE_RENEW),
-            "release": self.client.register_script(redis_scripts.LEASE_RELEASE),
             "drive": self.client.register_script(redis_scripts.DRIVE),
         }
         self.fenced: set[str] = set()
@@ -405,36 +409,30 @@ class RedisStore:
         keys = [self.keys.driver(session_id), self.keys.notices]
         self._put(("drive", (keys, [connection_id, session_id])))
 
-    def send_message(
-        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
-    ) -> tuple[int, bool]:
-        """A user message once per clientMsgId (blocking: run it off the loop).
-
-        Returns (seq, duplicate); seq 0 when the session is gone.
-        """
-        k = self.keys
-        keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
-        args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
-        seq, duplicate = self._scripts["send"](keys=keys, args=args)
-        return int(seq), bool(duplicate)
-
-    async def send_message_async(
-        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
-    ) -> tuple[int, bool]:
-        """`send_message` from the event loop, on an asyncio connection of the loop's
-        own: a send waits for Redis, not for a thread as well. Close with `aclose`."""
-        if self._aio_send is None:
+    def _on_loop(self) -> Any:
+        """The event loop's client (made at first use, closed by `aclose`): what a client
+        or an agent run waits for goes through it, not through a thread as well."""
+        if self._aio is None:
             self._aio = redis.asyncio.Redis.from_url(
                 self.url,
                 decode_responses=True,
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_TIMEOUT,
             )
-            self._aio_send = self._aio.register_script(redis_scripts.SEND)
+            for name in ("send", "renew", "release"):
+                self._aio_scripts[name] = self._aio.register_script(_LOOP_SCRIPTS[name])
+        return self._aio
+
+    async def send_message_async(
+        self, session_id: str, client_msg_id: str, head: str, tail: str, max_receipts: int
+    ) -> tuple[int, bool]:
+        """A user message once per clientMsgId: (seq, duplicate); seq 0 when the session
+        is gone."""
+        self._on_loop()
         k = self.keys
         keys = [k.meta(session_id), k.events(session_id), k.receipts(session_id)]
         args: list[str | int] = [client_msg_id, head, tail, self._max_events, max_receipts]
-        seq, duplicate = await self._aio_send(keys=keys, args=args)
+        seq, duplicate = await self._aio_scripts["send"](keys=keys, args=args)
         return int(seq), bool(duplicate)
 
     async def aclose(self) -> None:
@@ -442,32 +440,35 @@ class RedisStore:
         self.close()
         if self._aio is not None:
             self._aio, aio = None, self._aio
-            self._aio_send = None
+            self._aio_scripts.clear()
             await aio.aclose()
 
-    def take_lease(self, session_id: str, token: str, ms: int) -> int | None:
-        """Blocking: become the session's agent owner if nobody is (SET NX PX).
+    async def take_lease(self, session_id: str, token: str, ms: int) -> int | None:
+        """Become the session's agent owner if nobody is (SET NX PX).
 
         Returns None if another holds it, else the session's newest seq as of
         taking it (one round trip): what the new owner must show before it answers.
         """
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.lease(session_id), token, nx=True, px=ms)
-        pipe.hget(self.keys.meta(session_id), "seq")
-        taken, newest = pipe.execute()
+        async with self._on_loop().pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.lease(session_id), token, nx=True, px=ms)
+            pipe.hget(self.keys.meta(session_id), "seq")
+            taken, newest = await pipe.execute()
         return int(newest or 0) if taken else None
 
-    def renew_lease(self, session_id: str, token: str, ms: int) -> bool:
-        """Blocking: keep the lease; False if it was lost (expired and taken)."""
-        return bool(self._scripts["renew"](keys=[self.keys.lease(session_id)], args=[token, ms]))
+    async def renew_lease(self, session_id: str, token: str, ms: int) -> bool:
+        """Keep the lease; False if it was lost (expired and taken)."""
+        self._on_loop()
+        keys = [self.keys.lease(session_id)]
+        return bool(await self._aio_scripts["renew"](keys=keys, args=[token, ms]))
 
-    def release_lease(self, session_id: str, token: str) -> None:
-        """Blocking: let go of the lease if this token still holds it."""
-        self._scripts["release"](keys=[self.keys.lease(session_id)], args=[token])
+    async def release_lease(self, session_id: str, token: str) -> None:
+        """Let go of the lease if this token still holds it."""
+        self._on_loop()
+        await self._aio_scripts["release"](keys=[self.keys.lease(session_id)], args=[token])
 
-    def last_seq(self, session_id: str) -> int:
-        """Blocking: the session's newest seq in Redis (0 if it is gone)."""
-        return int(self.client.hget(self.keys.meta(session_id), "seq") or 0)
+    async def last_seq(self, session_id: str) -> int:
+        """The session's newest seq in Redis (0 if it is gone)."""
+        return int(await self._on_loop().hget(self.keys.meta(session_id), "seq") or 0)
 
     def load_one(self, session_id: str) -> StoredSession | None:
         """Blocking: one session as stored, or None."""
