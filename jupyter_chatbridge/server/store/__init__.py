@@ -4,7 +4,7 @@
 in-process store; `sqlite` the file store (`sqlite_schema` its tables,
 `sqlite_commit` how it commits: in groups on a writer thread); `lock` the
 one-server-per-file lock; `redis` the store many server processes share
-(`redis_scripts` its atomic writes).
+(`redis_scripts` its atomic writes, `redis_keys` its key names).
 """
 
 from __future__ import annotations

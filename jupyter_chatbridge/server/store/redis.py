@@ -10,6 +10,8 @@ so it is atomic on the server and may be sent again after a lost reply.
 The writer uses redis-py's blocking client in its own thread, as `SqliteStore`
 does with its connection: `close()` is synchronous in the store protocol and
 must commit what is queued, which an asyncio client on a stopping loop cannot.
+What a client or an agent run waits for (a send, a lease, the newest seq) goes
+through the event loop's asyncio client instead (`_on_loop`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from ..state import LoggedEvent, SendReceipt
 from . import redis_scripts
 from .base import StoredSession, StoreError
+from .redis_keys import RedisKeys
 
 try:
     import redis
@@ -96,39 +99,6 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(
         ("MISCONF", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "OOM")
     )
-
-
-class RedisKeys:
-    """The key names of one deployment (one prefix) on one Redis."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.sessions = f"{prefix}:sessions"
-        self.order = f"{prefix}:order"
-        self.notices = f"{prefix}:notices"
-        """A stream of what every process must hear of: sessions created, take-overs."""
-
-    def meta(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}"
-
-    def session_of(self, meta_key: str) -> str:
-        """The session id in its `meta` key."""
-        return meta_key[len(self.prefix) + 3 :]
-
-    def events(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:events"
-
-    def receipts(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:receipts"
-
-    def lease(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:lease"
-
-    def writers(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:writers"
-
-    def driver(self, session_id: str) -> str:
-        return f"{self.prefix}:s:{session_id}:driver"
 
 
 class RedisStore:
