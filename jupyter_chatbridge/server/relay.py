@@ -5,10 +5,11 @@ session's next seq, so Redis assigns it (redis_scripts: `SEND`, `APPEND_NEXT`,
 `END`), and no process shows an event it wrote itself: one task on the event
 loop runs an `XREAD BLOCK` loop (redis-py's asyncio client) over the stream of
 every session the process holds, from the last seq it has, logs what it reads
-(`EventLog.ingest`) and shows it through the fan-out like any event. On the loop,
-not a thread: a thread would hand each batch over and fight the loop for the GIL. So every
-client of every process sees each event exactly once, in seq order, with no gap,
-and only once Redis holds it: a seq is a promise across processes too.
+(`EventLog.ingest`) and shows it through the fan-out like any event. (On the
+loop, not in a thread: a thread would hand each batch over and take the GIL from
+the loop that fans it out.) So every client of every process sees each event
+exactly once, in seq order, with no gap, and only once Redis holds it: a seq is
+a promise across processes too.
 
 The same loop reads the `notices` stream: sessions created on another process
 and take-overs of a driver whose connection lives here.
@@ -278,7 +279,10 @@ class RedisRelay:
                     self._log.warning("chatbridge: relay reads from Redis again")
                     failing = False
                 for stream, entries in replies or []:
-                    self._received(stream, entries)
+                    try:
+                        self._received(stream, entries)
+                    except Exception:  # a bug must not stop this process reading
+                        self._log.exception("chatbridge: relay could not handle %s", stream)
         finally:
             await client.aclose()
 

@@ -389,8 +389,8 @@ class RedisStore:
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_TIMEOUT,
             )
-            for name in ("send", "renew", "release"):
-                self._aio_scripts[name] = self._aio.register_script(_LOOP_SCRIPTS[name])
+            for name, source in _LOOP_SCRIPTS.items():
+                self._aio_scripts[name] = self._aio.register_script(source)
         return self._aio
 
     async def send_message_async(
