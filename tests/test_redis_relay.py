@@ -1,5 +1,5 @@
-"""The relay of one process that lags behind Redis: two bridges in this process on one
-real Redis, with the reads of one of them held back at its one seam (`_ingest`)."""
+"""The relay of one process that lags behind Redis, or fails on what it read: two bridges
+in this process on one real Redis, one of them held back or broken at its seam (`_ingest`)."""
 
 from __future__ import annotations
 
@@ -115,3 +115,27 @@ async def test_a_watch_after_a_seq_this_process_has_not_read_yet_never_repeats_i
     await a.send_durably("s1", "m2", "two", None)
     await eventually(lambda: bool(frames.seqs()) and frames.seqs()[-1] >= seen + 5)
     assert frames.seqs() == list(range(seen + 1, seen + 6))
+
+
+async def test_a_relay_that_failed_on_what_it_read_says_so_and_reads_on(
+    bridges: Callable[[], ChatBridge], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = bridges(), bridges()
+    assert b.relay is not None
+    ingest = b.relay._ingest
+    failures = [RuntimeError("a bug in handling one batch")]
+
+    def flaky(session_id: str, events: Any) -> None:
+        if failures:
+            raise failures.pop()
+        ingest(session_id, events)
+
+    b.relay._ingest = flaky  # type: ignore[method-assign]
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)
+    await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: not failures)
+    assert "relay could not handle" in caplog.text and "a bug in handling" in caplog.text
+    # The relay reads on (that batch is lost to the bug, loudly): the next events arrive.
+    await a.send_durably("s1", "m2", "two", None)
+    await eventually(lambda: b.session("s1").log.shown_seq == a.history("s1", 0, None)[1] >= 7)
