@@ -1,10 +1,11 @@
 """The durable session store: `SessionStore` (base), `MemoryStore`, `SqliteStore`, `RedisStore`.
 
 `base` holds the protocol every store keeps and its errors; `memory` the
-in-process store; `sqlite` the file store (`sqlite_schema` its tables,
-`sqlite_commit` how it commits: in groups on a writer thread); `lock` the
-one-server-per-file lock; `redis` the store many server processes share
-(`redis_scripts` its atomic writes, `redis_keys` its key names).
+in-process store; `barrier` what a flush awaits; `sqlite` the file store
+(`sqlite_schema` its tables, `sqlite_commit` how it commits: in groups on a
+writer thread, urgent batches on the loop); `lock` the one-server-per-file lock;
+`redis` the store many server processes share (`redis_scripts` its atomic
+writes, `redis_keys` its key names).
 """
 
 from __future__ import annotations

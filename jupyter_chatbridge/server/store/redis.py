@@ -16,18 +16,17 @@ through the event loop's asyncio client instead (`_on_loop`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import queue
 import threading
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from ..state import LoggedEvent, SendReceipt
 from . import redis_scripts
+from .barrier import Barrier
 from .base import StoredSession, StoreError
 from .redis_keys import RedisKeys
 
@@ -71,23 +70,8 @@ MISSING_EXTRA = (
 )
 
 
-@dataclass(frozen=True)
-class _Barrier:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
-
-
 _Write = tuple[str, Any]  # (kind, (keys, args))
 _STOP = object()
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 def transient(exc: BaseException) -> bool:
@@ -230,8 +214,7 @@ class RedisStore:
     async def flush(self, urgent: bool = False) -> None:
         """Resolve when every write queued before this call is in Redis (or raise).
         Urgent or not: the writer sends an ordered append at once anyway."""
-        loop = asyncio.get_running_loop()
-        barrier = _Barrier(loop, loop.create_future())
+        barrier = Barrier.on_running_loop()
         self._put(barrier)
         self._wake.set()
         await barrier.future
@@ -254,7 +237,7 @@ class RedisStore:
 
     def _put(self, item: Any) -> None:
         if self._closed:
-            if isinstance(item, _Barrier):
+            if isinstance(item, Barrier):
                 raise StoreError(f"chatbridge session store {self.url} is closed")
             log.warning("chatbridge: session store closed; dropped a %s write", item[0])
             return
@@ -269,7 +252,7 @@ class RedisStore:
         while not stopping:
             batch = [self._queue.get()]
             first = batch[0]
-            if isinstance(first, _Barrier) or first is _STOP:
+            if isinstance(first, Barrier) or first is _STOP:
                 pass
             elif first[0] == "append_next":
                 if not self._queue.empty():  # more behind it: a burst
@@ -281,11 +264,11 @@ class RedisStore:
                 while True:
                     batch.append(self._queue.get_nowait())
             writes = backlog
-            barriers: list[_Barrier] = []
+            barriers: list[Barrier] = []
             for item in batch:
                 if item is _STOP:
                     stopping = True
-                elif isinstance(item, _Barrier):
+                elif isinstance(item, Barrier):
                     barriers.append(item)
                 else:
                     writes.append(item)
@@ -323,8 +306,7 @@ class RedisStore:
                     log.error("%s", error)
                     backlog = []
             for barrier in barriers:
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    barrier.loop.call_soon_threadsafe(_settle, barrier.future, error)
+                barrier.release(error)
         if backlog:
             log.error(
                 "chatbridge: session store %s closed with %d unsaved writes", self.url, len(backlog)

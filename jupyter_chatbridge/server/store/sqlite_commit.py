@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..metrics import BridgeMetrics
+from .barrier import Barrier, settle
 from .base import StoreError
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,6 @@ MAX_BACKLOG = 200_000
 Write = tuple[str, Any]  # (kind, parameters)
 
 
-@dataclass(frozen=True)
-class _Barrier:
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
-
-
 @dataclass
 class _BlockingBarrier:
     """A barrier a thread waits on (start-up, before the event loop runs)."""
@@ -79,16 +74,6 @@ class _BlockingBarrier:
 
 
 _STOP = object()
-
-
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    # Runs on the loop; the awaiting request may have gone away (cancelled).
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
 
 
 class GroupCommitter:
@@ -157,8 +142,7 @@ class GroupCommitter:
         """Resolve when every write queued before this call is committed (or raise)."""
         if urgent and self._commit_here():
             return
-        loop = asyncio.get_running_loop()
-        barrier = _Barrier(loop, loop.create_future())
+        barrier = Barrier.on_running_loop()
         self._put_barrier(barrier)
         await barrier.future
 
@@ -181,7 +165,7 @@ class GroupCommitter:
         self._wake.set()
         self._thread.join()
 
-    def _put_barrier(self, barrier: _Barrier | _BlockingBarrier) -> None:
+    def _put_barrier(self, barrier: Barrier | _BlockingBarrier) -> None:
         with self._pending_lock:
             if self._closed:
                 raise StoreError(f"{self._describe} is closed")
@@ -281,12 +265,12 @@ class GroupCommitter:
         got, and whether the batch asked the writer to stop.
         """
         writes = self._backlog
-        barriers: list[_Barrier | _BlockingBarrier] = []
+        barriers: list[Barrier | _BlockingBarrier] = []
         stopping = False
         for item in batch:
             if item is _STOP:
                 stopping = True
-            elif isinstance(item, (_Barrier, _BlockingBarrier)):
+            elif isinstance(item, (Barrier, _BlockingBarrier)):
                 barriers.append(item)
             else:
                 writes.append(item)
@@ -325,8 +309,7 @@ class GroupCommitter:
                 barrier.error = error
                 barrier.done.set()
             elif barrier.loop is loop:
-                loop.call_soon(_settle, barrier.future, error)
+                loop.call_soon(settle, barrier.future, error)
             else:
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    barrier.loop.call_soon_threadsafe(_settle, barrier.future, error)
+                barrier.release(error)
         return error, stopping
