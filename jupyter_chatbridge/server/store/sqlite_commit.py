@@ -175,6 +175,9 @@ class GroupCommitter:
     def _take(self) -> list[Any]:
         with self._pending_lock:
             batch, self._pending = self._pending, []
+            # The next write arms a window again, even if this one's timer never runs
+            # (its loop stopped): a stale timer only wakes the thread once for nothing.
+            self._window_armed = False
         return batch
 
     # -- an urgent commit, on the caller's thread ------------------------------------------
@@ -194,7 +197,7 @@ class GroupCommitter:
                     or len(self._pending) > URGENT_MAX_WRITES
                 ):
                     return False
-                batch, self._pending = self._pending, []
+            batch = self._take()
             started = self._clock()
             error, _ = self._process(batch, asyncio.get_running_loop())
             took = self._clock() - started
