@@ -113,5 +113,7 @@ async def test_a_live_socket_accepted_and_dropped_each_time_is_lost_with_reconne
 
     healthy = True
     await live.get_by_role("button", name="Reconnect").click()
+    # The status hides as soon as the page starts connecting again: wait for the socket.
+    await expect(live).to_have_attribute("data-state", "live")
     await expect(live).to_be_hidden()
     assert (await _debug(page))["live"]["state"] == "live"
