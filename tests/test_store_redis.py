@@ -58,6 +58,25 @@ async def test_an_append_with_a_stale_fence_is_refused(redis_url: str) -> None:
         store.close()
 
 
+async def test_the_seq_of_its_own_newest_append_is_known_only_when_redis_said_it(
+    redis_url: str,
+) -> None:
+    # A run waits for its own writes to be shown by that seq, without asking Redis;
+    # after a retry of writes Redis already held (a lost reply), it must ask.
+    store = RedisStore(redis_url)
+    try:
+        store.create_session("s1", 1.0, {})
+        for counter in (1, 2):
+            store.append_next("s1", '{"seq":', "}", "block_delta", "writer-1", counter)
+        await store.flush()
+        assert store.written == {"s1": 2}
+        store.append_next("s1", '{"seq":', "}", "block_delta", "writer-1", 2)  # again
+        await store.flush()
+        assert store.written == {} and store.client.hget(store.keys.meta("s1"), "seq") == "2"
+    finally:
+        store.close()
+
+
 async def test_delete_leaves_no_key_of_the_session(redis_url: str) -> None:
     store = RedisStore(redis_url, prefix="cb-test")
     try:

@@ -117,7 +117,7 @@ class LeasedRunner(AgentRunner):
                 await relay.shown(session, newest)
                 first = False
             else:
-                await relay.caught_up(session)
+                await relay.own_writes_shown(session)
             recovery = recover(session.log.retained)
             if recovery.cut_answer is not None:
                 self._log.warning(

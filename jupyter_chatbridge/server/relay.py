@@ -240,12 +240,17 @@ class RedisRelay:
             raise self.unavailable(exc) from None
         await self.shown(session, min(seq, newest), SHOWN_TIMEOUT)
 
-    async def caught_up(self, session: Session) -> None:
-        """Wait until this process's writes are in Redis and it shows all Redis holds."""
+    async def own_writes_shown(self, session: Session) -> None:
+        """Wait until this process's writes to the session are in Redis and shown here.
+
+        The seq of the newest is known from Redis's answer to it, so this costs no
+        round trip of its own; only when that answer was lost is Redis asked."""
         while not self.store.closed:
             try:
                 await self.store.flush()
-                newest = await self.store.last_seq(session.id)
+                newest = self.store.written.get(session.id)
+                if newest is None:
+                    newest = await self.store.last_seq(session.id)
             except Exception:
                 await asyncio.sleep(READ_RETRY_DELAY)  # Redis is away: its outage is logged
                 continue

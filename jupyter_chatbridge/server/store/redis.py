@@ -126,6 +126,9 @@ class RedisStore:
         }
         self.fenced: set[str] = set()
         """Sessions whose appends were refused by their fence (another process took over)."""
+        self.written: dict[str, int] = {}
+        """The seq of this process's newest ordered append, by session, as Redis answered
+        it (absent when unknown): once `flush` returns, showing it shows all of them."""
         try:
             self.client.ping()
             self.client.set(f"{prefix}:schema", "1")
@@ -324,6 +327,8 @@ class RedisStore:
             calls, pipe.execute(raise_on_error=False), strict=True
         ):
             if not isinstance(reply, Exception):
+                if kind == "append_next":
+                    self._note_written(self.keys.session_of(keys[0]), reply)
                 continue
             if transient(reply):
                 raise reply
@@ -334,6 +339,12 @@ class RedisStore:
             problems.append(f"{kind}: {reply}")
         if problems:
             raise StoreError("; ".join(problems[:3]))
+
+    def _note_written(self, session_id: str, seq: int) -> None:
+        if seq > 0:
+            self.written[session_id] = seq
+        else:  # written by an attempt whose reply was lost, or the session is gone
+            self.written.pop(session_id, None)
 
     # -- many processes (redis_scripts: Redis assigns the seq) --------------------------------
 
