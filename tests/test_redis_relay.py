@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from jupyter_chatbridge.clock import FakeScheduler
+from jupyter_chatbridge.server import leases
 from jupyter_chatbridge.server.agents import EchoAgent
 from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.server.limits import BridgeLimits
@@ -139,3 +140,50 @@ async def test_a_relay_that_failed_on_what_it_read_says_so_and_reads_on(
     # The relay reads on (that batch is lost to the bug, loudly): the next events arrive.
     await a.send_durably("s1", "m2", "two", None)
     await eventually(lambda: b.session("s1").log.shown_seq == a.history("s1", 0, None)[1] >= 7)
+
+
+def _answers(bridge: ChatBridge, session_id: str) -> list[int]:
+    """The `replyTo` of each answer the session shows, in order."""
+    events, _ = bridge.history(session_id, 0, None)
+    return [json.loads(e.data)["replyTo"] for e in events if e.type == "message_start"]
+
+
+async def test_a_message_that_comes_while_a_run_waits_for_more_is_answered_by_that_run(
+    bridges: Callable[[], ChatBridge],
+) -> None:
+    # The fake clock never reaches the end of `leases.LINGER` here: if the waiting run
+    # were not woken, the second message would wait for it (and time the test out).
+    a, b = bridges(), bridges()
+    assert isinstance(a.store, RedisStore)
+    lease = a.store.keys.lease("s1")
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)
+    first = await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
+    holder = a.store.client.get(lease)
+    assert holder is not None  # kept after the answer, for the next message
+
+    second = await b.send_durably("s1", "m2", "two", None)  # the other process's client
+    await eventually(lambda: _answers(a, "s1") == [first.receipt.seq, second.receipt.seq])
+    await eventually(lambda: _answers(b, "s1") == [first.receipt.seq, second.receipt.seq])
+    assert a.store.client.get(lease) == holder  # the same run answered, under one lease
+
+
+async def test_a_run_lets_go_of_the_lease_once_no_message_came_for_a_while(
+    bridges: Callable[[], ChatBridge],
+) -> None:
+    a, b = bridges(), bridges()
+    assert isinstance(a.store, RedisStore)
+    lease = a.store.keys.lease("s1")
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)
+    await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
+    owner = next(x for x in (a, b) if x.runner.runs)  # whichever process took the lease
+    assert a.store.client.get(lease) is not None
+    owner.scheduler.advance(leases.LINGER)
+    await eventually(lambda: a.store.client.get(lease) is None and not owner.runner.runs)
+
+    # Another process may take it now: the next message is answered all the same.
+    second = await b.send_durably("s1", "m2", "two", None)
+    await eventually(lambda: _answers(b, "s1")[-1:] == [second.receipt.seq])

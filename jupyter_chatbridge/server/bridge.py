@@ -120,6 +120,7 @@ class ChatBridge:
                 self.log,
                 self.relay,
                 limits.agent_lease_seconds,
+                scheduler,
                 limits.max_context_chars,
             )
         else:

@@ -10,6 +10,11 @@ Each process sweeps its sessions every `SWEEP_INTERVAL`: one with a message to
 answer, or an answer left open, and no live owner, is taken over. The new owner
 closes an answer its dead owner left open as interrupted (`recovery.recover`, the
 same rule as a restart) and answers what is queued.
+
+A run that has answered everything keeps the lease for `LINGER` seconds, waiting
+for the session's next message: a conversation's next turn then starts at once,
+without the round trips of letting go and taking the lease again (and no other
+process could answer meanwhile anyway: it would find the lease taken).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from ..clock import Scheduler
 from .fanout import Fanout
 from .recovery import recover
 from .relay import RedisRelay
@@ -27,6 +34,9 @@ from .state import Session
 
 # Seconds between two sweeps for sessions nobody answers.
 SWEEP_INTERVAL = 1.0
+
+# Seconds a run keeps the lease after answering everything, for the next message.
+LINGER = 1.0
 
 
 class LeasedRunner(AgentRunner):
@@ -39,12 +49,16 @@ class LeasedRunner(AgentRunner):
         log: logging.Logger | logging.LoggerAdapter[Any],
         relay: RedisRelay,
         lease_seconds: float,
+        scheduler: Scheduler,
         max_context_chars: int = 50000,
     ) -> None:
         super().__init__(fanout, agent_factory, log, max_context_chars)
         self._relay = relay
+        self._scheduler = scheduler
         self._lease_ms = max(100, int(lease_seconds * 1000))
         self._sweeper: asyncio.Task[None] | None = None
+        self._lingering: dict[str, Callable[[], None]] = {}
+        """Wakes a run that answered everything and waits for more, by session."""
         relay.on_input = self.ensure
 
     def start_waiting(self, sessions: Any) -> None:
@@ -64,6 +78,8 @@ class LeasedRunner(AgentRunner):
         """Try to take the session's lease and answer it (nothing if another has it)."""
         if session.id not in self.runs:
             self.runs[session.id] = asyncio.get_running_loop().create_task(self._drive(session))
+        elif session.id in self._lingering:
+            self._lingering[session.id]()  # its run holds the lease: it answers this
 
     async def _sweep(self) -> None:
         while True:
@@ -94,6 +110,7 @@ class LeasedRunner(AgentRunner):
                 renew.cancel()
                 session.running = False
                 store.fence.pop(session.id, None)
+                store.written.pop(session.id, None)
                 with contextlib.suppress(Exception):
                     await store.release_lease(session.id, token)
         finally:
@@ -105,19 +122,14 @@ class LeasedRunner(AgentRunner):
                 self.ensure(session)
 
     async def _answer_all(self, session: Session, newest: int) -> None:
-        """Answer what is queued; `newest` is the session's seq in Redis as the lease
-        was taken (so the first round needs no extra read)."""
+        """Answer what is queued, and what comes within `LINGER` of the last answer;
+        `newest` is the session's seq in Redis as the lease was taken."""
         relay = self._relay
-        first = True
-        while session.id not in relay.store.fenced:
-            # Everything Redis holds first: a stale view would answer a message twice.
-            # (Each later round flushes this process's own writes first: the previous
-            # round's last events go out while the lease still holds.)
-            if first:
-                await relay.shown(session, newest)
-                first = False
-            else:
-                await relay.own_writes_shown(session)
+        # Everything Redis held when the lease was taken first: a stale view would
+        # answer a message twice. From then on only this run writes answers, so each
+        # round needs only its own previous writes shown.
+        await relay.shown(session, newest)
+        while session.id not in relay.store.fenced and relay.holds(session):
             recovery = recover(session.log.retained)
             if recovery.cut_answer is not None:
                 self._log.warning(
@@ -127,11 +139,31 @@ class LeasedRunner(AgentRunner):
                 )
                 for event_type, fields in recovery.append:
                     self._fanout.publish(session, event_type, fields)
-                continue
-            if not recovery.requeue:
+            elif recovery.requeue:
+                session.running = True
+                await self._answer(session, recovery.requeue[0])
+                session.running = False
+            elif await self._next_message(session):
+                continue  # nothing of this run's to wait for
+            else:
                 return
-            session.running = True
-            await self._answer(session, recovery.requeue[0])
+            await relay.own_writes_shown(session)
+
+    async def _next_message(self, session: Session) -> bool:
+        """Wait up to `LINGER` for a message to answer; False if none came."""
+        outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def settle(came: bool) -> None:
+            if not outcome.done():
+                outcome.set_result(came)
+
+        self._lingering[session.id] = lambda: settle(True)
+        timer = self._scheduler.call_later(LINGER, lambda: settle(False))
+        try:
+            return await outcome
+        finally:
+            timer.cancel()
+            del self._lingering[session.id]
 
     async def _renew(self, session: Session, token: str, run: asyncio.Task[Any] | None) -> None:
         store = self._relay.store
