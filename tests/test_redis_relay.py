@@ -52,6 +52,9 @@ class Frames:
     def send(self, frame_id: int | None, payload: bytes) -> None:
         self.payloads.append(payload)
 
+    def ping(self) -> None:
+        pass
+
     def kick(self) -> None:
         pass
 

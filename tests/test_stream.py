@@ -194,6 +194,29 @@ async def test_heartbeat_pings_idle_streams(streams: StreamFactory, clock: FakeS
     await stream.wait_for(lambda s: s.comments >= 2)
 
 
+async def test_a_stream_that_asks_for_event_pings_gets_an_event_an_eventsource_can_see(
+    streams: StreamFactory, clock: FakeScheduler
+) -> None:
+    browser = await streams.open(new_cid(), query="heartbeat=event")
+    script = await streams.open(new_cid())
+    clock.advance(15)
+    await browser.wait_for(lambda s: any(f.event == "ping" for f in s.frames))
+    await script.wait_for(lambda s: s.comments >= 1)
+    ping = next(f for f in browser.frames if f.event == "ping")
+    # No id: a ping never moves Last-Event-ID, so a resume replays from the last real frame.
+    assert ping.id is None and ping.data == {}
+    assert browser.comments == 0 and [f.event for f in script.frames] == ["welcome"]
+
+
+async def test_an_unknown_heartbeat_is_400_not_a_stream(
+    streams: StreamFactory, bridge: ChatBridge
+) -> None:
+    stream = await streams.open(new_cid(), query="heartbeat=sometimes")
+    assert stream.status == 400
+    assert b'"code":"bad_request"' in stream.body and b"heartbeat must be" in stream.body
+    assert len(bridge.connections) == 0
+
+
 async def test_server_assigned_connection_is_dropped_at_once(
     api: Api, streams: StreamFactory, bridge: ChatBridge
 ) -> None:

@@ -143,3 +143,7 @@ def sse_id_line(frame_id: int) -> bytes:
 
 
 SSE_PING: Final = b": ping\n\n"
+
+SSE_PING_EVENT: Final = b"event: ping\ndata: {}\n\n"
+"""The keep-alive of a stream opened with `heartbeat=event`: an event without an id, which
+an EventSource can see (it hides comments), so a browser can tell a silent stream."""

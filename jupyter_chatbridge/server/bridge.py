@@ -178,9 +178,9 @@ class ChatBridge:
         """A stream ended (only the current one deactivates its connection)."""
         self.connection_service.close_stream(connection_id, stream)
 
-    def ping_streams(self, payload: bytes) -> None:
-        """Write a keep-alive comment to every live stream."""
-        self.connection_service.ping_streams(payload)
+    def ping_streams(self) -> None:
+        """Write its keep-alive frame to every live stream."""
+        self.connection_service.ping_streams()
 
     def connection_for(self, connection_id: str | None, owner: str) -> Connection:
         """The caller's connection, which must exist and belong to the caller."""

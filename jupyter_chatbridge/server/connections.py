@@ -92,10 +92,10 @@ class ConnectionService:
         if self._streams.remove_if_current(connection_id, stream):
             self._connections.deactivate(connection_id)
 
-    def ping_streams(self, payload: bytes) -> None:
-        """Write a keep-alive comment to every live stream."""
+    def ping_streams(self) -> None:
+        """Write its keep-alive frame to every live stream."""
         for stream in self._streams:
-            stream.send(None, payload)
+            stream.ping()
 
     def connection_for(self, connection_id: str | None, owner: str) -> Connection:
         """The caller's connection, which must exist and belong to the caller."""

@@ -60,6 +60,9 @@ class FrameSink(Protocol):
     def send(self, frame_id: int | None, payload: bytes) -> None:
         """Queue one frame; `frame_id` None for frames without an id (welcome, ping)."""
 
+    def ping(self) -> None:
+        """Write the keep-alive frame (nothing else was written for a while)."""
+
     def kick(self) -> None:
         """History is waiting for this stream: pull it (`ChatBridge.drain`) as it drains."""
 

@@ -10,9 +10,13 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ...clock import TimerHandle
-from ...protocol import SSE_PING, normalize_cid, sse_id_line
+from ...protocol import SSE_PING, SSE_PING_EVENT, normalize_cid, sse_id_line
 from ..bridge import ChatBridge
 from .base import WRITE_AHEAD_BYTES, ChatBridgeHandler, bad_request
+
+# The keep-alive a stream asks for (`?heartbeat=`): a comment by default, an event for
+# a browser's EventSource.
+HEARTBEATS = {"comment": SSE_PING, "event": SSE_PING_EVENT}
 
 
 class FlushBatcher:
@@ -40,7 +44,7 @@ class FlushBatcher:
 
 
 class Heartbeat:
-    """One timer for all streams: a `: ping` comment every `interval` seconds.
+    """One timer for all streams: a keep-alive frame every `interval` seconds.
 
     It runs on the bridge's scheduler, so tests see pings by advancing a fake clock.
     """
@@ -60,7 +64,7 @@ class Heartbeat:
             self._timer = None
 
     def _beat(self) -> None:
-        self._bridge.ping_streams(SSE_PING)
+        self._bridge.ping_streams()
         self._timer = self._bridge.scheduler.call_later(self._interval, self._beat)
 
 
@@ -105,6 +109,7 @@ class EventStreamHandler(ChatBridgeHandler):
         self._exempt_bytes = 0
         self._opening = True
         self._limit = 0
+        self._ping = SSE_PING
 
     @web.authenticated
     @authorized
@@ -119,6 +124,7 @@ class EventStreamHandler(ChatBridgeHandler):
                 self.log.warning("chatbridge: rejected malformed cid %r", raw_cid[:80])
                 raise bad_request("cid must be 'cid-' followed by a canonical UUID")
         last_event_id = self._last_event_id()
+        self._ping = self._heartbeat()
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         # Proxies (nginx) must not buffer a stream.
@@ -131,6 +137,13 @@ class EventStreamHandler(ChatBridgeHandler):
         self._refill()  # history this connection was still owed before it reconnected
         self.settings["chatbridge_heartbeat"].ensure_started()
         await self._ended
+
+    def _heartbeat(self) -> bytes:
+        # A browser's EventSource hides comments: it asks for the ping as an event.
+        heartbeat = self.get_query_argument("heartbeat", "comment")
+        if heartbeat not in HEARTBEATS:
+            raise bad_request("heartbeat must be 'comment' or 'event'")
+        return HEARTBEATS[heartbeat]
 
     def _last_event_id(self) -> int | None:
         # Both forms are checked when both are given (a malformed one is a 400); the header wins.
@@ -147,6 +160,9 @@ class EventStreamHandler(ChatBridgeHandler):
             self._wait(frame_id, payload)
         else:
             self._write_frame(frame_id, payload)
+
+    def ping(self) -> None:
+        self.send(None, self._ping)
 
     def kick(self) -> None:
         self._refill()

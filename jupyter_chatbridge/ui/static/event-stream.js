@@ -22,6 +22,11 @@ const SESSION_EVENT_TYPES = [
  * budget counts the attempts: a welcome opens the connection, and only a stream that
  * stayed up for the stability time or delivered a session event refills it, so a server
  * that accepts and drops at once leaves the page "offline" until asked again.
+ *
+ * A stream can also die without a word (a half-open connection after sleep or a network
+ * change): the browser then shows nothing at all. The stream asks for its heartbeat as
+ * events (`heartbeat=event`: an EventSource hides comments), and one that delivered no
+ * frame for the rules' `heartbeat.idleTimeoutMs` is treated as failed and reconnected.
  */
 export class EventStream {
   constructor(rules, url, cid, handlers) {
@@ -33,19 +38,26 @@ export class EventStream {
     this.lastFrameId = null;
     this.timer = null;
     this.retryInMs = null; // the delay of the pending reconnect (for tests and the console)
+    this.idleTimeoutMs = rules.heartbeat.idleTimeoutMs;
+    this.watchdog = null;
+    this.lastFrameAt = 0;
+    this.pings = 0; // heartbeats received (for tests and the console)
+    this.idleDrops = 0; // streams given up as silent (for tests and the console)
   }
 
   connect() {
     clearTimeout(this.timer);
     this.timer = null;
     if (this.source) this.source.close();
-    const query = new URLSearchParams({ cid: this.cid });
+    const query = new URLSearchParams({ cid: this.cid, heartbeat: "event" });
     if (this.lastFrameId !== null) query.set("lastEventId", String(this.lastFrameId));
     const source = new EventSource(`${this.url}?${query}`);
     this.source = source;
+    this.heard();
     const frame = (handle) => (event) => {
       // Frames of a stream this object already replaced are stale.
       if (source !== this.source) return;
+      this.heard();
       const frameId = Number(event.lastEventId);
       if (event.lastEventId && Number.isInteger(frameId)) this.lastFrameId = frameId;
       let data;
@@ -70,6 +82,12 @@ export class EventStream {
     };
     for (const type of SESSION_EVENT_TYPES) source.addEventListener(type, frame(sessionEvent));
     source.addEventListener("detached", frame(this.handlers.onDetached));
+    source.addEventListener(
+      "ping",
+      frame(() => {
+        this.pings += 1;
+      }),
+    );
     // "error" is both a session event type of the protocol (a MessageEvent with data) and
     // EventSource's own failure notification (a plain Event): tell them apart.
     source.addEventListener("error", (event) => {
@@ -104,11 +122,36 @@ export class EventStream {
     }, delayMs);
   }
 
+  /** A frame arrived (or a connection started): the stream is alive for another timeout. */
+  heard() {
+    this.lastFrameAt = performance.now();
+    if (this.watchdog === null && this.idleTimeoutMs > 0) this.armWatchdog(this.idleTimeoutMs);
+  }
+
+  armWatchdog(delayMs) {
+    // Re-armed lazily, not on every frame: cheap on a busy stream.
+    this.watchdog = setTimeout(() => {
+      this.watchdog = null;
+      const source = this.source;
+      if (source === null) return;
+      const silentMs = performance.now() - this.lastFrameAt;
+      if (silentMs < this.idleTimeoutMs) {
+        this.armWatchdog(this.idleTimeoutMs - silentMs);
+        return;
+      }
+      console.info(`chatbridge: no frame for ${Math.round(silentMs)} ms; reconnecting`);
+      this.idleDrops += 1;
+      this.failed(source);
+    }, delayMs);
+  }
+
   stop() {
     if (this.source) this.source.close();
     this.source = null;
     clearTimeout(this.timer);
     this.timer = null;
+    clearTimeout(this.watchdog);
+    this.watchdog = null;
   }
 
   /** Start over with a fresh attempt budget (the Reconnect button, the browser back online). */

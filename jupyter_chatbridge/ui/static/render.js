@@ -316,6 +316,8 @@ export function debugSnapshot(page) {
       attempts: page.stream.budget.attempts,
       reconnectPending: page.stream.timer !== null,
       retryInMs: page.stream.retryInMs,
+      pings: page.stream.pings,
+      idleDrops: page.stream.idleDrops,
     },
     gone: page.gone,
     unavailable: page.unavailable,
