@@ -190,3 +190,21 @@ async def test_a_run_lets_go_of_the_lease_once_no_message_came_for_a_while(
     # Another process may take it now: the next message is answered all the same.
     second = await b.send_durably("s1", "m2", "two", None)
     await eventually(lambda: _answers(b, "s1")[-1:] == [second.receipt.seq])
+
+
+async def test_a_process_that_stops_lets_go_of_the_lease_it_keeps(
+    bridges: Callable[[], ChatBridge],
+) -> None:
+    # Else the other processes would wait for it to expire before answering the session.
+    a, b = bridges(), bridges()
+    assert isinstance(a.store, RedisStore)
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)
+    await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
+    owner, other = (a, b) if a.runner.runs else (b, a)
+    assert owner.runner.runs and a.store.client.get(a.store.keys.lease("s1")) is not None
+    await owner.shutdown()
+    assert a.store.client.get(a.store.keys.lease("s1")) is None
+    second = await other.send_durably("s1", "m2", "two", None)
+    await eventually(lambda: _answers(other, "s1")[-1:] == [second.receipt.seq])
