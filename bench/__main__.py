@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from .harness import FULL, LOAD, QUICK, Config
 from .report import Row, machine_description, text_table, write_results
-from .scenarios import FULL, LOAD, OPT_IN, QUICK, SCENARIOS, Config
+from .scenarios import OPT_IN, SCENARIOS
 from .servers import OURS_CONFIG, ServerPool, apply_ours_overrides, stop_all, store_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

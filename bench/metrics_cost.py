@@ -22,8 +22,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from .common import BASE_URL, HOST, TOKEN, X
+from .harness import Config, fanout_measure, fresh, guarded, log
 from .report import Row
-from .scenarios import Config, _fanout_measure, _guarded, fresh, log
 from .servers import ServerPool
 
 SIDES: dict[str, dict[str, object]] = {"on": {}, "off": {"metrics_enabled": False}}
@@ -86,7 +86,7 @@ async def metrics_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]
 
                 async def fan(side: str = side, n: int = n, events: int = events) -> Any:
                     async with fresh("ours", SIDES[side]) as system:
-                        figures = await _fanout_measure(
+                        figures = await fanout_measure(
                             system, n, events, cfg.run_timeout, f"metrics N={n}", f"ours {side}"
                         )
                         if side == "on":
@@ -95,7 +95,7 @@ async def metrics_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]
                                 raise RuntimeError(f"metrics counted {counted} of {n * events}")
                         return figures
 
-                rate, per = await _guarded(row, side, fan()) or (math.nan, math.nan)
+                rate, per = await guarded(row, side, fan()) or (math.nan, math.nan)
                 column = (row.ours, cpu_row.ours) if side == "on" else (row.floor, cpu_row.floor)
                 assert column[0] is not None and column[1] is not None
                 column[0].append(rate)

@@ -20,7 +20,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .scenarios import EndCounter, _warm_up
+from .harness import EndCounter, warm_up
 from .servers import ServerProcess, apply_ours_overrides, stop_all
 from .systems import SYSTEMS, close_all
 
@@ -84,7 +84,7 @@ async def run(args: argparse.Namespace) -> None:
     system = SYSTEMS[args.system](server)
     out = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "profile.txt"
     try:
-        await _warm_up(system)
+        await warm_up(system)
         room = await system.new_room()
         counter = EndCounter(args.n)
         watchers = await system.open_watchers(room, args.n, counter.on_frames)

@@ -27,16 +27,16 @@ from typing import Any
 from jupyter_chatbridge.testing.redis_server import RedisServer
 
 from .common import X, percentile
-from .report import Row
-from .scenarios import (
+from .harness import (
     Config,
     EndCounter,
-    _fanout_measure,
-    _guarded,
-    _send_latency,
+    fanout_measure,
     fresh,
+    guarded,
     log,
+    send_latency,
 )
+from .report import Row
 from .servers import ServerPool
 from .systems import System, close_all
 
@@ -167,11 +167,11 @@ async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
                         async def fan(store: str = store, n: int = n, events: int = events) -> Any:
                             redis.flushall()
                             async with fresh("ours", config(store)) as system:
-                                return await _fanout_measure(
+                                return await fanout_measure(
                                     system, n, events, cfg.run_timeout, f"redis N={n}", store
                                 )
 
-                        rate, _ = await _guarded(row, store, fan()) or (math.nan, math.nan)
+                        rate, _ = await guarded(row, store, fan()) or (math.nan, math.nan)
                         _column(row, store).append(rate)
                         log(f"redis rep {rep + 1} fan-out N={n}{X}{events} {store}: {rate:,.0f}/s")
                 for split, (n, events), one in zip(
@@ -187,7 +187,7 @@ async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
                             ]
                             return await _split_fanout_measure(a, b, n, events, cfg.run_timeout)
 
-                    rate = await _guarded(split, "redis", fan_split())
+                    rate = await guarded(split, "redis", fan_split())
                     split.ours.append(math.nan if rate is None else rate)
                     assert split.floor is not None and one.floor is not None
                     split.floor.append(one.floor[-1])  # this rep's one-process SQLite run
@@ -201,14 +201,14 @@ async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
                             room = await system.new_room()
                             users: list[float] = []
                             trials = cfg.store_send_trials
-                            starts = await _send_latency(system, room, trials, users)
+                            starts = await send_latency(system, room, trials, users)
                             return percentile(sorted(users), 99), percentile(sorted(starts), 99)
 
-                    user, start = await _guarded(p99, store, send()) or (math.nan, math.nan)
+                    user, start = await guarded(p99, store, send()) or (math.nan, math.nan)
                     _column(first_event, store).append(user)
                     _column(p99, store).append(start)
                     log(f"redis rep {rep + 1} send p99 {store}: {user:.2f} / {start:.2f} ms")
-                user, _ = await _guarded(always, "redis", send("redis-always")) or (math.nan, 0)
+                user, _ = await guarded(always, "redis", send("redis-always")) or (math.nan, 0)
                 always.ours.append(user)
                 assert always.floor is not None and first_event.floor is not None
                 always.floor.append(first_event.floor[-1])  # this rep's SQLite run
