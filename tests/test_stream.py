@@ -6,6 +6,7 @@ import pytest
 
 from jupyter_chatbridge.clock import FakeScheduler
 from jupyter_chatbridge.server.bridge import ChatBridge
+from jupyter_chatbridge.server.handlers.events import heartbeat_warning
 
 from .support import Api, StreamFactory, eventually, new_cid
 
@@ -343,3 +344,10 @@ async def _wait_history(api: Api, sid: str, last_seq: int) -> None:
             await asyncio.sleep(0.005)
 
     await asyncio.wait_for(_poll(), 10)
+
+
+def test_a_heartbeat_clients_would_take_for_silence_is_warned_about() -> None:
+    assert heartbeat_warning(15) is None and heartbeat_warning(44) is None
+    assert "pings are off" in (heartbeat_warning(0) or "")
+    slow = heartbeat_warning(60) or ""
+    assert "every 60 s" in slow and "below 45" in slow

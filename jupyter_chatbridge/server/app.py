@@ -22,7 +22,7 @@ from .bridge import ChatBridge
 from .errors import BridgeError
 from .handlers import default_handlers
 from .handlers.base import UNAVAILABLE_SETTING
-from .handlers.events import FlushBatcher, Heartbeat
+from .handlers.events import FlushBatcher, Heartbeat, heartbeat_warning
 from .limits import limit_traits, limits_from
 from .metrics import NO_METRICS, BridgeMetrics
 from .store import MEMORY, StoreError, StoreLocked, open_store
@@ -62,7 +62,9 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
 
     # inactive_ttl, replay_buffer_size, max_*: generated from BridgeLimits (limits.py).
     heartbeat_interval = Float(
-        15.0, help="Seconds between keep-alive comments on idle event streams (0 disables)."
+        15.0,
+        help="Seconds between keep-alive pings on idle event streams (0 disables). Clients "
+        "take a stream silent for 45 s as dead and reconnect, so keep it below that.",
     ).tag(config=True)
     store_path = Unicode(
         help="The SQLite file that keeps sessions, their events (up to max_session_events), "
@@ -155,6 +157,9 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         assert self.serverapp is not None
         self.serverapp.io_loop.add_callback(bridge.start_restored_runs)
         self.heartbeat = Heartbeat(self.bridge, self.heartbeat_interval)
+        warning = heartbeat_warning(self.heartbeat_interval)
+        if warning is not None:
+            self.log.warning("%s", warning)
         self.settings.update({"chatbridge": self.bridge, "chatbridge_heartbeat": self.heartbeat})
 
     def initialize_handlers(self) -> None:

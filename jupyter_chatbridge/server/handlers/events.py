@@ -11,6 +11,7 @@ from tornado import web
 
 from ...clock import TimerHandle
 from ...protocol import SSE_PING, SSE_PING_EVENT, normalize_cid, sse_id_line
+from ...protocol.rules import IDLE_TIMEOUT_MS
 from ..bridge import ChatBridge
 from .base import WRITE_AHEAD_BYTES, ChatBridgeHandler, bad_request
 
@@ -41,6 +42,23 @@ class FlushBatcher:
         dirty, self._dirty = self._dirty, set()
         for stream in dirty:
             stream.flush_now()
+
+
+def heartbeat_warning(interval: float) -> str | None:
+    """Why this heartbeat interval makes clients reconnect idle streams, if it does.
+
+    Every client takes a stream that sent nothing for `heartbeat.idleTimeoutMs` as dead
+    (client_rules.json), so pings must come more often than that.
+    """
+    idle = IDLE_TIMEOUT_MS / 1000
+    if 0 < interval < idle:
+        return None
+    now = "are off" if interval <= 0 else f"come every {interval:g} s"
+    return (
+        f"chatbridge: heartbeat_interval pings {now}, but clients take a stream silent for "
+        f"{idle:g} s as dead: idle streams will be dropped and reopened every {idle:g} s. "
+        f"Set c.ChatBridgeApp.heartbeat_interval below {idle:g} (default 15)."
+    )
 
 
 class Heartbeat:
