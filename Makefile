@@ -62,8 +62,8 @@ bench: $(BIN)/python
 
 lint: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	$(BIN)/ruff check jupyter_chatbridge tests
-	$(BIN)/ruff format --check jupyter_chatbridge tests
+	$(BIN)/ruff check jupyter_chatbridge tests bench notebooks
+	$(BIN)/ruff format --check jupyter_chatbridge tests bench
 	$(BIN)/mypy jupyter_chatbridge
 
 clean:
