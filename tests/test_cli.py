@@ -289,6 +289,14 @@ def test_the_default_and_the_configured_store_are_found_as_the_server_finds_them
     assert "hello there" in configured.stdout
     nowhere = cli("sessions", env={"JUPYTER_DATA_DIR": str(tmp_path / "empty")})
     refused(nowhere, "no session store at", str(tmp_path / "empty"))
+    # A server on Redis writes no file: its default path would be an empty answer.
+    (config_dir / "jupyter_server_config.py").write_text(
+        'c.ChatBridgeApp.store_url = "redis://127.0.0.1:6379/0"\n'
+    )
+    on_redis = cli("sessions", env={"JUPYTER_CONFIG_DIR": str(config_dir)}, cwd=recorded.root)
+    refused(on_redis, "store_url redis://127.0.0.1:6379/0", "--store-path")
+    named = cli("sessions", f"--store-path={store}", env={"JUPYTER_CONFIG_DIR": str(config_dir)})
+    assert named.returncode == 0 and "demo" in named.stdout, named.stderr
 
 
 # -- bad input changes nothing --------------------------------------------------------------

@@ -95,9 +95,18 @@ class StoreCommand(JupyterApp):
                     raise CommandError(f"no folder {self.root_dir} (--root-dir)")
                 config.ServerApp.root_dir = self.root_dir
             try:
-                path = server_extension(config).store_path
+                extension = server_extension(config)
+                path, url = extension.store_path, extension.store_url
             except TraitError as exc:  # e.g. a root folder that does not exist
                 raise CommandError(str(exc)) from exc
+            if url:
+                # Else these commands would read the SQLite default, which that server
+                # never writes: an empty or stale list, and no hint why.
+                raise CommandError(
+                    f"the server is configured with store_url {url}: its sessions are in "
+                    "Redis, not in a file, and these commands read SQLite stores (give "
+                    "--store-path to name one)"
+                )
         if path == MEMORY:
             raise CommandError(
                 f'the server is configured with store_path "{MEMORY}": its sessions are not '
