@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from tornado.httpclient import AsyncHTTPClient
 
 from .redis_support import RedisServer
@@ -329,5 +330,33 @@ async def test_a_connection_that_moves_to_the_other_process_rewatches_after_its_
     assert status == 200
     await on_b.wait_for(lambda s: answered(s.session_events("s1"), "two"), 30)
     assert seen + on_b.session_events("s1") == await history(b, "s1")
+    for stream in (on_a, on_b):
+        await stream.close()
+
+
+@pytest.mark.timeout(120)
+async def test_sigkill_while_keeping_the_lease_after_an_answer_delays_the_next_by_the_lease(
+    two_servers: Callable[..., list[ServerProcess]], own_redis: RedisServer
+) -> None:
+    # The process that answered keeps the session's lease a moment for the next message
+    # (leases.LINGER). Killed then, the other process answers once the lease expires.
+    a, b = two_servers()
+    await asyncio.gather(a.start(), b.start())
+    assert (await call(a, "POST", "sessions", {"sessionId": "s1"}))[0] == 201
+    on_a, on_b = await watcher(a, "s1"), await watcher(b, "s1")
+    assert (await send(a, "s1", "first", "before the kill"))[0] == 202
+    await on_b.wait_for(lambda s: answered(s.session_events("s1"), "before the kill"), 30)
+    lease = redis.Redis.from_url(own_redis.url, decode_responses=True).get("chatbridge:s:s1:lease")
+    holder = a if lease is not None and lease.split(":")[0] in a.log.read_text() else b
+    survivor, on_survivor = (b, on_b) if holder is a else (a, on_a)
+    holder.kill()
+    killed_at = asyncio.get_running_loop().time()
+    assert (await send(survivor, "s1", "second", "after the kill"))[0] == 202
+    await on_survivor.wait_for(lambda s: answered(s.session_events("s1"), "after the kill"), 60)
+    assert asyncio.get_running_loop().time() - killed_at < LEASE + 8
+    events = on_survivor.session_events("s1")
+    assert_one_order(events)
+    assert [e["type"] for e in events].count("message_start") == 2
+    assert not [e for e in events if e["type"] == "error"]  # nothing was cut
     for stream in (on_a, on_b):
         await stream.close()

@@ -152,6 +152,9 @@ class ChatBridgeApp(ExtensionApp, _LimitTraits):
         self.log.info(
             "chatbridge: sessions are kept in %s (%d restored)", store.description, restored
         )
+        if bridge.relay is not None:
+            # A session's lease in Redis names its holder by this token: which process runs it.
+            self.log.info("chatbridge: this process takes Redis leases as %s", bridge.relay.token)
         # Messages accepted before a restart are answered once the loop runs (in-process
         # servers, as the tests run them, never call the start hook below).
         assert self.serverapp is not None
