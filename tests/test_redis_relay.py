@@ -16,6 +16,7 @@ from jupyter_chatbridge.server.agents import EchoAgent
 from jupyter_chatbridge.server.bridge import ChatBridge
 from jupyter_chatbridge.server.limits import BridgeLimits
 from jupyter_chatbridge.server.relay import RedisRelay
+from jupyter_chatbridge.server.sessions import SendResult
 from jupyter_chatbridge.server.store.redis import RedisStore
 
 from .support import eventually
@@ -151,60 +152,57 @@ def _answers(bridge: ChatBridge, session_id: str) -> list[int]:
     return [json.loads(e.data)["replyTo"] for e in events if e.type == "message_start"]
 
 
+async def _one_answer(
+    bridges: Callable[[], ChatBridge],
+) -> tuple[ChatBridge, ChatBridge, SendResult, str | None]:
+    """Two processes, s1 sent "one" on the first and answered: (the process that holds
+    the lease now, the other, the send, the lease's token as Redis holds it)."""
+    a, b = bridges(), bridges()
+    assert isinstance(a.store, RedisStore)
+    a.create_session("s1")
+    await eventually(lambda: "s1" in b.sessions)
+    first = await a.send_durably("s1", "m1", "one", None)
+    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
+    owner, other = (a, b) if a.runner.runs else (b, a)  # whichever took the lease
+    return owner, other, first, a.store.client.get(a.store.keys.lease("s1"))
+
+
 async def test_a_message_that_comes_while_a_run_waits_for_more_is_answered_by_that_run(
     bridges: Callable[[], ChatBridge],
 ) -> None:
     # The fake clock never reaches the end of `leases.LINGER` here: if the waiting run
     # were not woken, the second message would wait for it (and time the test out).
-    a, b = bridges(), bridges()
-    assert isinstance(a.store, RedisStore)
-    lease = a.store.keys.lease("s1")
-    a.create_session("s1")
-    await eventually(lambda: "s1" in b.sessions)
-    first = await a.send_durably("s1", "m1", "one", None)
-    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
-    holder = a.store.client.get(lease)
+    owner, other, first, holder = await _one_answer(bridges)
     assert holder is not None  # kept after the answer, for the next message
 
-    second = await b.send_durably("s1", "m2", "two", None)  # the other process's client
-    await eventually(lambda: _answers(a, "s1") == [first.receipt.seq, second.receipt.seq])
-    await eventually(lambda: _answers(b, "s1") == [first.receipt.seq, second.receipt.seq])
-    assert a.store.client.get(lease) == holder  # the same run answered, under one lease
+    second = await other.send_durably("s1", "m2", "two", None)  # the other process's client
+    both = [first.receipt.seq, second.receipt.seq]
+    await eventually(lambda: _answers(owner, "s1") == both and _answers(other, "s1") == both)
+    assert isinstance(owner.store, RedisStore)
+    assert owner.store.client.get(owner.store.keys.lease("s1")) == holder  # under one lease
 
 
 async def test_a_run_lets_go_of_the_lease_once_no_message_came_for_a_while(
     bridges: Callable[[], ChatBridge],
 ) -> None:
-    a, b = bridges(), bridges()
-    assert isinstance(a.store, RedisStore)
-    lease = a.store.keys.lease("s1")
-    a.create_session("s1")
-    await eventually(lambda: "s1" in b.sessions)
-    await a.send_durably("s1", "m1", "one", None)
-    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
-    owner = next(x for x in (a, b) if x.runner.runs)  # whichever process took the lease
-    assert a.store.client.get(lease) is not None
+    owner, other, _, holder = await _one_answer(bridges)
+    assert holder is not None and isinstance(owner.store, RedisStore)
     owner.scheduler.advance(leases.LINGER)
-    await eventually(lambda: a.store.client.get(lease) is None and not owner.runner.runs)
+    lease = owner.store.keys.lease("s1")
+    await eventually(lambda: owner.store.client.get(lease) is None and not owner.runner.runs)
 
     # Another process may take it now: the next message is answered all the same.
-    second = await b.send_durably("s1", "m2", "two", None)
-    await eventually(lambda: _answers(b, "s1")[-1:] == [second.receipt.seq])
+    second = await other.send_durably("s1", "m2", "two", None)
+    await eventually(lambda: _answers(other, "s1")[-1:] == [second.receipt.seq])
 
 
 async def test_a_process_that_stops_lets_go_of_the_lease_it_keeps(
     bridges: Callable[[], ChatBridge],
 ) -> None:
     # Else the other processes would wait for it to expire before answering the session.
-    a, b = bridges(), bridges()
-    assert isinstance(a.store, RedisStore)
-    a.create_session("s1")
-    await eventually(lambda: "s1" in b.sessions)
-    await a.send_durably("s1", "m1", "one", None)
-    await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
-    owner, other = (a, b) if a.runner.runs else (b, a)
-    assert owner.runner.runs and a.store.client.get(a.store.keys.lease("s1")) is not None
+    owner, other, _, holder = await _one_answer(bridges)
+    assert holder is not None and isinstance(other.store, RedisStore)
     await owner.shutdown()
-    assert a.store.client.get(a.store.keys.lease("s1")) is None
+    assert other.store.client.get(other.store.keys.lease("s1")) is None
     second = await other.send_durably("s1", "m2", "two", None)
     await eventually(lambda: _answers(other, "s1")[-1:] == [second.receipt.seq])

@@ -32,14 +32,20 @@ async def _debug(page: Any) -> dict[str, Any]:
     return await page.evaluate("chatbridge.debug()")  # type: ignore[no-any-return]
 
 
-async def test_a_silent_stream_is_dropped_and_reopened_missing_nothing(
-    browser: Browser, api: Api, bridge: ChatBridge
-) -> None:
+async def _connected_page(browser: Browser, api: Api) -> tuple[Any, Any]:
+    """A page on session s1, its clock Playwright's fake one, connected: (page, status)."""
     await api.ok("POST", "sessions", body={"sessionId": "s1"})
     await browser.context.clock.install()
     page = await browser.open(fragment="session=s1")
     conn = page.locator("#conn-status")
     await expect(conn).to_have_attribute("data-state", "connected")
+    return page, conn
+
+
+async def test_a_silent_stream_is_dropped_and_reopened_missing_nothing(
+    browser: Browser, api: Api, bridge: ChatBridge
+) -> None:
+    page, conn = await _connected_page(browser, api)
     await page.fill("#message", "before the silence")
     await page.press("#message", "Enter")
     await expect(page.locator(".msg.assistant")).to_have_text("Echo: before the silence")
@@ -72,11 +78,7 @@ async def test_a_silent_stream_is_dropped_and_reopened_missing_nothing(
 async def test_a_stream_that_only_pings_stays_open_past_the_idle_timeout(
     browser: Browser, api: Api, clock: FakeScheduler
 ) -> None:
-    await api.ok("POST", "sessions", body={"sessionId": "s1"})
-    await browser.context.clock.install()
-    page = await browser.open(fragment="session=s1")
-    conn = page.locator("#conn-status")
-    await expect(conn).to_have_attribute("data-state", "connected")
+    page, conn = await _connected_page(browser, api)
     beats = math.ceil(IDLE_MS / 1000 / HEARTBEAT_S) + 1  # past the idle timeout
     for beat in range(1, beats + 1):
         clock.advance(HEARTBEAT_S)  # the server writes its ping
