@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .client import EIOWatcher, HTTPConn
+from .common import X
 from .report import Row
 from .servers import ServerProcess
 from .systems import SYSTEMS, System, close_all, new_msg_id
@@ -211,6 +212,50 @@ async def fanout_measure(
         return n * events / elapsed, server_cpu / (n * events) * 1e6
     finally:
         close_all(watchers)
+
+
+def fanout_rows(
+    scenario: str,
+    sizes: tuple[tuple[int, int], ...],
+    baseline: str,
+    note: str,
+    target: float | None = None,
+) -> list[Row]:
+    """A deliveries/s row per fan-out size against `baseline` (at least `target` times
+    it, if given); in a comparison of two server configurations."""
+    return [
+        Row(
+            scenario,
+            f"fan-out N={n}{X}{events} ev",
+            "deliveries/s",
+            "higher",
+            floor=[],
+            min_vs_floor=target,
+            baseline=baseline,
+            note=note,
+        )
+        for n, events in sizes
+    ]
+
+
+def cpu_rows(
+    scenario: str, sizes: tuple[tuple[int, int], ...], baseline: str, note: str, target: float
+) -> list[Row]:
+    """The server's CPU per delivery of the same runs: at most `2 - target` times the
+    baseline's (the rate target's mirror)."""
+    return [
+        Row(
+            scenario,
+            f"server CPU per delivery, N={n}{X}{events}",
+            "µs",
+            "lower",
+            floor=[],
+            max_vs_floor=round(2 - target, 2),
+            baseline=baseline,
+            note=note,
+        )
+        for n, events in sizes
+    ]
 
 
 # -- send → first event (scenarios 5, 7 and 8) -----------------------------------------

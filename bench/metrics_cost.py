@@ -22,7 +22,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from .common import BASE_URL, HOST, TOKEN, X
-from .harness import Config, fanout_measure, fresh, guarded, log
+from .harness import Config, cpu_rows, fanout_measure, fanout_rows, fresh, guarded, log
 from .report import Row
 from .servers import ServerPool
 
@@ -52,36 +52,12 @@ async def metrics_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]
     sizes = cfg.fanout[:1]
     scenario = "8 metrics cost"
     note = f"ours = metrics on (the default); baseline column = metrics_enabled=False ({OFF})."
-    fan_rows = [
-        Row(
-            scenario,
-            f"fan-out N={n}{X}{events} ev",
-            "deliveries/s",
-            "higher",
-            floor=[],
-            min_vs_floor=TARGET,
-            baseline=OFF,
-            note=note,
-        )
-        for n, events in sizes
-    ]
-    cpu_rows = [
-        Row(
-            scenario,
-            f"server CPU per delivery, N={n}{X}{events}",
-            "µs",
-            "lower",
-            floor=[],
-            max_vs_floor=round(2 - TARGET, 2),
-            baseline=OFF,
-            note=note,
-        )
-        for n, events in sizes
-    ]
+    fan_rows = fanout_rows(scenario, sizes, OFF, note, TARGET)
+    cost_rows = cpu_rows(scenario, sizes, OFF, note, TARGET)
     names = list(SIDES)
     for rep in range(cfg.reps):
         order = names if rep % 2 == 0 else names[::-1]
-        for row, cpu_row, (n, events) in zip(fan_rows, cpu_rows, sizes, strict=True):
+        for row, cpu_row, (n, events) in zip(fan_rows, cost_rows, sizes, strict=True):
             for side in order:
 
                 async def fan(side: str = side, n: int = n, events: int = events) -> Any:
@@ -105,6 +81,6 @@ async def metrics_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]
                     f"{rate:,.0f}/s, {per:.1f} µs"
                 )
     out: list[Row] = []
-    for row, cpu_row in zip(fan_rows, cpu_rows, strict=True):
+    for row, cpu_row in zip(fan_rows, cost_rows, strict=True):
         out += [row, cpu_row]
     return out

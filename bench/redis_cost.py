@@ -31,6 +31,7 @@ from .harness import (
     Config,
     EndCounter,
     fanout_measure,
+    fanout_rows,
     fresh,
     guarded,
     log,
@@ -82,19 +83,7 @@ async def redis_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
         "a server or of Redis loses nothing acknowledged, a power loss the last moments); "
         "baseline column = the same server on its default SQLite store."
     )
-    fan_rows = [
-        Row(
-            scenario,
-            f"fan-out N={n}{X}{events} ev",
-            "deliveries/s",
-            "higher",
-            floor=[],
-            min_vs_floor=FANOUT_TARGET,
-            baseline="sqlite",
-            note=note,
-        )
-        for n, events in cfg.store_fanout
-    ]
+    fan_rows = fanout_rows(scenario, cfg.store_fanout, "sqlite", note, FANOUT_TARGET)
     split_rows = [
         Row(
             scenario,

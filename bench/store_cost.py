@@ -23,7 +23,9 @@ from .harness import (
     MEMORY,
     STORES,
     Config,
+    cpu_rows,
     fanout_measure,
+    fanout_rows,
     fresh,
     guarded,
     log,
@@ -57,32 +59,8 @@ async def store_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
         f"baseline column = the same server on store_path={MEMORY}."
     )
     scenario = "7 store cost"
-    fan_rows = [
-        Row(
-            scenario,
-            f"fan-out N={n}{X}{events} ev",
-            "deliveries/s",
-            "higher",
-            floor=[],
-            min_vs_floor=STORE_TARGET,
-            baseline=MEMORY,
-            note=note,
-        )
-        for n, events in cfg.store_fanout
-    ]
-    cpu_rows = [
-        Row(
-            scenario,
-            f"server CPU per delivery, N={n}{X}{events}",
-            "µs",
-            "lower",
-            floor=[],
-            max_vs_floor=round(2 - STORE_TARGET, 2),
-            baseline=MEMORY,
-            note=note,
-        )
-        for n, events in cfg.store_fanout
-    ]
+    fan_rows = fanout_rows(scenario, cfg.store_fanout, MEMORY, note, STORE_TARGET)
+    cost_rows = cpu_rows(scenario, cfg.store_fanout, MEMORY, note, STORE_TARGET)
 
     def send_row(metric: str, target: float | None = None) -> Row:
         return Row(scenario, metric, "ms", "lower", floor=[], max_vs_floor=target,
@@ -97,7 +75,7 @@ async def store_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
     names = list(STORES)
     for rep in range(cfg.reps):
         order = names if rep % 2 == 0 else names[::-1]
-        for row, cpu_row, (n, events) in zip(fan_rows, cpu_rows, cfg.store_fanout, strict=True):
+        for row, cpu_row, (n, events) in zip(fan_rows, cost_rows, cfg.store_fanout, strict=True):
             for store in order:
 
                 async def fan(store: str = store, n: int = n, events: int = events) -> Any:
@@ -140,7 +118,7 @@ async def store_rows(cfg: Config, pool: ServerPool | None = None) -> list[Row]:
                 f"p99 {values[3]:.2f} ms"
             )
     out: list[Row] = []
-    for row, cpu_row in zip(fan_rows, cpu_rows, strict=True):
+    for row, cpu_row in zip(fan_rows, cost_rows, strict=True):
         out += [row, cpu_row]
     return [*out, user50, user99, p50, p99]
 
