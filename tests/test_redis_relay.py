@@ -163,7 +163,14 @@ async def _one_answer(
     await eventually(lambda: "s1" in b.sessions)
     first = await a.send_durably("s1", "m1", "one", None)
     await eventually(lambda: len(_answers(a, "s1")) == 1 and not a.session("s1").running)
-    owner, other = (a, b) if a.runner.runs else (b, a)  # whichever took the lease
+
+    def lingering(bridge: ChatBridge) -> bool:  # its run waits for more, on its clock
+        assert isinstance(bridge.scheduler, FakeScheduler)
+        return leases.LINGER in bridge.scheduler.due_in()
+
+    # Whichever took the lease; once its run waits (a loser may still be letting go).
+    await eventually(lambda: lingering(a) or lingering(b))
+    owner, other = (a, b) if lingering(a) else (b, a)
     return owner, other, first, a.store.client.get(a.store.keys.lease("s1"))
 
 
